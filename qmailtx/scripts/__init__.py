@@ -1,0 +1,1 @@
+"""One module per command-line tool; each exposes C{main(argv) -> int}."""

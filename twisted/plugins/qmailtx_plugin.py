@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+qmail = ServiceMaker("qmailtx", "qmailtx.tap", "qmail's mail system in one Twisted process", "qmail")
