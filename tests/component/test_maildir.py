@@ -1,0 +1,161 @@
+"""
+Maildir writing and reading on real temp directories (spec/local.md §7, spec/pop3.md §3).
+"""
+
+import io
+import os
+import stat
+import time
+
+import pytest
+
+from qmailtx import maildir
+from qmailtx.results import TempFailure
+
+
+@pytest.fixture
+def md(tmp_path):
+    path = tmp_path / "Maildir"
+    maildir.maildirmake(str(path))
+    return path
+
+
+def age(path, seconds):
+    """Set a file's times C{seconds} into the past."""
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_maildirmakeModes(tmp_path):
+    """maildirmake creates dir, tmp, new, cur all mode 0700 and refuses an existing dir."""
+    path = tmp_path / "M"
+    maildir.maildirmake(str(path))
+    for p in (path, path / "tmp", path / "new", path / "cur"):
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o700
+    with pytest.raises(FileExistsError):
+        maildir.maildirmake(str(path))
+
+
+def test_deliverWritesPrefixAndMessage(md):
+    """deliver() leaves exactly prefix+message in new/ under a name without ':' or leading '.'; tmp/ is empty."""
+    name = maildir.deliver(str(md), b"Return-Path: <a@b>\n", io.BytesIO(b"Subject: x\n\nbody\n"))
+    assert os.listdir(md / "new") == [name.decode()]
+    assert b":" not in name and not name.startswith(b".")
+    assert (md / "new" / name.decode()).read_bytes() == b"Return-Path: <a@b>\nSubject: x\n\nbody\n"
+    assert os.listdir(md / "tmp") == []
+
+
+def test_deliverNamesUniqueInOneProcess(md):
+    """Many deliveries within one process and one second get distinct names."""
+    names = {maildir.deliver(str(md), b"", io.BytesIO(b"x\n")) for _ in range(200)}
+    assert len(names) == 200
+    assert len(os.listdir(md / "new")) == 200
+
+
+def test_uniqueNameShape():
+    """Unique names follow <sec>.M<usec>P<pid>Q<n>.<host> with / and : in the host escaped."""
+    names = maildir.UniqueNames(hostname=b"a/b:c", clock=lambda: 1700000000.25, pid=42)
+    assert names.next() == b"1700000000.M250000P42Q1.a\\057b\\072c"
+    assert names.next() == b"1700000000.M250000P42Q2.a\\057b\\072c"
+
+
+def test_deliverMissingMaildir(tmp_path):
+    """A maildir that does not exist fails temporarily with qmail-local's chdir text."""
+    with pytest.raises(TempFailure) as e:
+        maildir.deliver(str(tmp_path / "nope"), b"", io.BytesIO(b"x"))
+    assert e.value.text == b"Unable to chdir to maildir. (#4.2.1)"
+
+
+def test_deliverMissingTmp(md):
+    """A maildir without tmp/ fails temporarily with the generic maildir text."""
+    os.rmdir(md / "tmp")
+    with pytest.raises(TempFailure) as e:
+        maildir.deliver(str(md), b"", io.BytesIO(b"x"))
+    assert e.value.text == b"Temporary error on maildir delivery. (#4.3.0)"
+    assert os.listdir(md / "new") == []
+
+
+def test_deliverUnreadableMessage(md):
+    """A message that cannot be read fails temporarily and leaves nothing in tmp/ or new/."""
+    class Broken:
+        def read(self, n):
+            raise OSError(5, "EIO")
+    with pytest.raises(TempFailure) as e:
+        maildir.deliver(str(md), b"x", Broken())
+    assert e.value.text == b"Unable to read message. (#4.3.0)"
+    assert os.listdir(md / "tmp") == [] and os.listdir(md / "new") == []
+
+
+def put(md, sub, name, data, ago=10):
+    p = md / sub / name
+    p.write_bytes(data)
+    age(p, ago)
+    return p
+
+
+def test_scanOrderAndVisibility(md):
+    """scan() lists new/ and cur/ by mtime, skips dot files and files from the current second."""
+    put(md, "cur", "b:2,S", b"bb", ago=30)
+    put(md, "new", "a", b"a", ago=20)
+    put(md, "new", ".hidden", b"x", ago=50)
+    (md / "new" / "fresh").write_bytes(b"now")
+    assert maildir.Maildir(str(md)).scan() == [(b"cur/b:2,S", 2), (b"new/a", 1)]
+
+
+def test_scanCacheSeesChanges(md):
+    """A cached listing is reused only while the directory is unchanged: new and removed files show up."""
+    cache = maildir.ScanCache()
+    put(md, "new", "a", b"a", ago=20)
+    age(md / "new", 10)
+    m = maildir.Maildir(str(md), cache=cache)
+    assert m.scan() == [(b"new/a", 1)]
+    assert m.scan() == [(b"new/a", 1)]
+    put(md, "new", "b", b"bb", ago=5)
+    os.unlink(md / "new" / "a")
+    assert m.scan() == [(b"new/b", 2)]
+
+
+def test_updateDeletesAndMoves(md):
+    """update() unlinks deleted names and renames kept new/ files to cur/<x>:2, (cache stays right)."""
+    cache = maildir.ScanCache()
+    put(md, "new", "a", b"a", ago=30)
+    put(md, "new", "b", b"b", ago=20)
+    put(md, "cur", "c:2,S", b"c", ago=10)
+    m = maildir.Maildir(str(md), cache=cache)
+    assert [n for n, _ in m.scan()] == [b"new/a", b"new/b", b"cur/c:2,S"]
+    assert m.update([b"new/a"], [b"new/b", b"cur/c:2,S"])
+    assert sorted(os.listdir(md / "cur")) == ["b:2,", "c:2,S"]
+    assert os.listdir(md / "new") == []
+    assert [n for n, _ in m.scan()] == [b"cur/b:2,", b"cur/c:2,S"]
+    assert [n for n, _ in maildir.Maildir(str(md)).scan()] == [b"cur/b:2,", b"cur/c:2,S"]
+
+
+def test_uid():
+    """The UIDL is the base name up to the first ':' so it survives new→cur."""
+    assert maildir.uidOf(b"new/123.x") == maildir.uidOf(b"cur/123.x:2,S") == b"123.x"
+
+
+def test_cleanTmp(md):
+    """cleanTmp removes tmp/ files older than 36 h (atime) but keeps young and dot files."""
+    put(md, "tmp", "old", b"x", ago=37 * 3600)
+    put(md, "tmp", ".old", b"x", ago=37 * 3600)
+    put(md, "tmp", "young", b"x", ago=3600)
+    maildir.Maildir(str(md)).cleanTmp()
+    assert sorted(os.listdir(md / "tmp")) == [".old", "young"]
+
+
+def test_checkMissing(tmp_path):
+    """check() raises NoMaildir for a missing maildir; scan() raises ScanError without new/."""
+    with pytest.raises(maildir.NoMaildir):
+        maildir.Maildir(str(tmp_path / "x")).check()
+    maildir.maildirmake(str(tmp_path / "y"))
+    os.rmdir(tmp_path / "y" / "new")
+    with pytest.raises(maildir.ScanError):
+        maildir.Maildir(str(tmp_path / "y")).scan()
+
+
+def test_openRefusesOtherNames(md):
+    """open() only opens new/x or cur/x names, never paths leaving the maildir."""
+    for bad in (b"tmp/x", b"new/../../etc/passwd", b"x"):
+        with pytest.raises(OSError):
+            maildir.Maildir(str(md)).open(bad)
