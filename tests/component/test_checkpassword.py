@@ -1,0 +1,119 @@
+"""
+The checkpassword contract from the caller's side (spec/pop3.md §2): fd-3 data, exit codes,
+the next program's report, crashes and the kill timeout.
+"""
+
+import os
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from qmailtx import checkpassword
+from qmailtx.results import PermFailure, TempFailure
+
+CHECKER = r"""#!/bin/sh
+# A checkpassword honouring the interface: fd 3 = login\0password\0timestamp\0.
+{ IFS= read -r login; IFS= read -r pass; IFS= read -r stamp; } <<END
+$(head -c 512 <&3 | tr '\0' '\n')
+END
+exec 3<&-
+case "$login" in
+  crash) kill -9 $$ ;;
+  slow) exec sleep 30 ;;
+  temp) exit 111 ;;
+  stamp) [ "$pass" = "$stamp" ] || exit 1 ;;
+  joe) [ "$pass" = secret ] || exit 1 ;;
+  nouser) unset USER; HOME=/; export HOME; cd /; exec "$@" ;;
+  *) exit 1 ;;
+esac
+USER=$login HOME=/tmp/home-$login; export USER HOME
+cd / || exit 111
+exec "$@"
+"""
+
+
+def writeChecker(directory):
+    path = os.path.join(directory, "checker")
+    with open(path, "w") as f:
+        f.write(CHECKER)
+    os.chmod(path, 0o755)
+    return [path.encode()]
+
+
+class CheckPasswordTests(unittest.TestCase):
+    def setUp(self):
+        self.program = writeChecker(self._tmp())
+
+    def _tmp(self):
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        return d
+
+    def check(self, login, password, challenge=b"<1.2@x>", **kw):
+        return checkpassword.checkPassword(reactor, self.program, login, password, challenge, **kw)
+
+    async def test_accepted(self):
+        """Exit 0 after exec of the next program yields USER, HOME and the uid/gid it ran as."""
+        result = await self.check(b"joe", b"secret")
+        self.assertEqual(result, checkpassword.Authenticated(
+            b"joe", b"/tmp/home-joe", os.getuid(), os.getgid()))
+
+    async def test_timestampOnFd3(self):
+        """The third fd-3 field is the challenge, brackets included (APOP-aware checkers use it)."""
+        result = await self.check(b"stamp", b"<9.9@h>", b"<9.9@h>")
+        self.assertEqual(result.user, b"stamp")
+
+    async def test_badPassword(self):
+        """Exit 1 is a permanent refusal carrying the status."""
+        with self.assertRaises(checkpassword.Refused) as e:
+            await self.check(b"joe", b"wrong")
+        self.assertIsInstance(e.exception, PermFailure)
+        self.assertEqual((e.exception.text, e.exception.status), (b"authorization failed", 1))
+
+    async def test_temporary(self):
+        """Exit 111 is still a refusal (qmail-popup does not distinguish) but keeps status 111."""
+        with self.assertRaises(checkpassword.Refused) as e:
+            await self.check(b"temp", b"x")
+        self.assertEqual(e.exception.status, 111)
+
+    async def test_crash(self):
+        """A checker killed by a signal is 'aack, child crashed', temporary."""
+        with self.assertRaises(TempFailure) as e:
+            await self.check(b"crash", b"x")
+        self.assertEqual(e.exception.text, b"aack, child crashed")
+
+    async def test_timeout(self):
+        """A checker running past the timeout is killed and reported as crashed."""
+        with self.assertRaises(TempFailure) as e:
+            await self.check(b"slow", b"x", timeout=0.3)
+        self.assertEqual(e.exception.text, b"aack, child crashed")
+
+    async def test_missingProgram(self):
+        """A checker that cannot be executed is refused, never accepted."""
+        self.program = [b"/nonexistent/checkpassword"]
+        with self.assertRaises((PermFailure, TempFailure)):
+            await self.check(b"joe", b"secret")
+
+    async def test_userFallsBackToLogin(self):
+        """A checker that leaves USER unset still yields the login as user."""
+        result = await self.check(b"nouser", b"x")
+        self.assertEqual((result.user, result.home), (b"nouser", b"/"))
+
+    async def test_tooLong(self):
+        """fd-3 data over 512 bytes is refused without running the checker."""
+        with self.assertRaises(checkpassword.Refused):
+            await self.check(b"joe", b"x" * 600)
+
+    async def test_environmentFromNothing(self):
+        """The checker sees only PATH and the variables given, not the daemon's environment."""
+        os.environ["QMAILTX_LEAK"] = "1"
+        self.addCleanup(os.environ.pop, "QMAILTX_LEAK")
+        probe = os.path.join(self._tmp(), "probe")
+        with open(probe, "w") as f:
+            f.write('#!/bin/sh\nenv > "$0.env"\nexport HOME=/ USER=p\nexec "$@"\n')
+        os.chmod(probe, 0o755)
+        self.program = [probe.encode()]
+        await self.check(b"p", b"x", env={b"TCPREMOTEIP": b"127.0.0.1"})
+        seen = open(probe + ".env").read().split("\n")
+        self.assertIn("TCPREMOTEIP=127.0.0.1", seen)
+        self.assertFalse([v for v in seen if v.startswith("QMAILTX_LEAK")])
