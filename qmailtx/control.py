@@ -46,6 +46,10 @@ def parseList(data):
     return out
 
 
+def parseLowerSet(data):
+    return frozenset(x.lower() for x in parseList(data))
+
+
 class ControlDir:
     """
     The C{control/} directory of one qmail root, with a stat-keyed cache.
@@ -84,20 +88,35 @@ class ControlDir:
     def exists(self, name):
         return self._raw(name) is not _MISSING
 
-    def line(self, name, default=None):
-        data = self._raw(name)
-        return default if data is _MISSING else parseLine(data)
-
-    def int(self, name, default):
+    def parsed(self, name, parser, default=None):
+        """
+        C{parser(bytes)} of the file, or C{default} if absent; the parsed value is cached
+        while the file is unchanged, so per-connection readers share one object.
+        """
         data = self._raw(name)
         if data is _MISSING:
             return default
-        value = parseInt(data)
+        key = (name, parser)
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] is data:
+            return cached[1]
+        value = parser(data)
+        self._cache[key] = (data, value)
+        return value
+
+    def line(self, name, default=None):
+        return self.parsed(name, parseLine, default)
+
+    def int(self, name, default):
+        value = self.parsed(name, parseInt)
         return default if value is None else value
 
     def list(self, name, default=None):
-        data = self._raw(name)
-        return default if data is _MISSING else parseList(data)
+        return self.parsed(name, parseList, default)
+
+    def lowerSet(self, name, default=None):
+        """A list file as a frozenset of lowercased entries (for case-insensitive matching)."""
+        return self.parsed(name, parseLowerSet, default)
 
     def me(self):
         return self.line("me")
@@ -160,16 +179,16 @@ def loadSmtpControls(controls):
     timeout = controls.int("timeoutsmtpd", 1200)
     if timeout <= 0:
         timeout = 1
-    rcpthosts = controls.list("rcpthosts")
+    rcpthosts = controls.lowerSet("rcpthosts")
     morercpthosts = controls.cdb("morercpthosts.cdb") if rcpthosts is not None else None
-    badmailfrom = frozenset(x.lower() for x in controls.list("badmailfrom", []))
+    badmailfrom = controls.lowerSet("badmailfrom", frozenset())
     certPath = os.path.join(controls.path, "servercert.pem")
     return SmtpControls(
         me=me or b"",
         greeting=greeting,
         localiphost=localiphost,
         timeout=timeout,
-        rcpthosts=None if rcpthosts is None else frozenset(x.lower() for x in rcpthosts),
+        rcpthosts=rcpthosts,
         morercpthosts=morercpthosts,
         badmailfrom=badmailfrom,
         databytes=controls.int("databytes", 0),
