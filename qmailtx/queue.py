@@ -8,10 +8,20 @@ S1–S4 of qmail's table and an existing qmail queue stays usable.  Must not imp
 delivery (send, local, remote) or protocol modules.
 """
 
+import itertools
 import os
 import stat
+import time
+
+from qmailtx.envelope import EnvelopeError, encodeTodo, receivedLine
+from qmailtx.results import qqExitFailure
 
 SPLIT = 23
+WRITE_BUFFER = 64 * 1024
+"""Message bytes held before one C{write(2)} to C{mess/} (qmail-queue uses 256; a Python
+call per 256 bytes would cost more than the disk)."""
+PID_SEQ_LIMIT = 9
+"""qmail-queue tries C{pid/<pid>.<time>.1} to C{.9} before giving up with exit 63."""
 
 _SPLIT_DIRS = (("mess", 0o750), ("info", 0o700), ("local", 0o700), ("remote", 0o700))
 _PLAIN_DIRS = (("pid", 0o700), ("intd", 0o700), ("todo", 0o750), ("bounce", 0o700))
@@ -89,3 +99,365 @@ def _writeNew(path, data):
     finally:
         os.close(fd)
     os.rename(tmp, path)
+
+
+def splitName(msgid):
+    """The split subdirectory name (C{str}) of message C{msgid}."""
+    return str(msgid % SPLIT)
+
+
+def pullTrigger(queueDir):
+    """
+    Wake qmail-send: one byte to C{lock/trigger} without blocking; nobody listening,
+    a full pipe or a missing FIFO are all fine (qmail's C{triggerpull}).
+    """
+    try:
+        fd = os.open(os.path.join(queueDir, "lock", "trigger"), os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        os.write(fd, b"\0")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Trouble(Exception):
+    """A step failed; C{code} is qmail-queue's exit code for it."""
+
+    def __init__(self, code):
+        Exception.__init__(self, code)
+        self.code = code
+
+
+def _failureFor(code):
+    return qqExitFailure(code)
+
+
+def _fsyncDir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(path):
+    """qmail-queue's cleanup of a partial file: truncate (frees space even if unlink fails), unlink."""
+    try:
+        os.truncate(path, 0)
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _writeAll(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class Queue:
+    """
+    qmail-queue inside the daemon: C{begin()} a message, stream it in, C{commit()} it.
+
+    Directory fsyncs of concurrent commits are grouped: while one batch of C{todo/}
+    links is being made durable, the next batch gathers.
+
+    @ivar queueDir: C{<root>/queue} (C{str}).
+    """
+
+    def __init__(self, root, reactor=None, runBlocking=None):
+        """
+        @param runBlocking: C{f(callable, *args) -> Deferred} running blocking disk work
+            off the reactor thread; default the reactor's thread pool.  Tests pass a
+            synchronous one.
+        """
+        self.root = os.fsdecode(root)
+        self.queueDir = os.path.join(self.root, "queue")
+        self._reactor = reactor
+        self._runBlocking = runBlocking
+        self._observers = []
+        self._qps = itertools.count(os.getpid())
+        self._uid = os.getuid()
+        self._gathering = []
+        self._linking = False
+
+    def _getReactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+            self._reactor = reactor
+        return self._reactor
+
+    def _blocking(self, f, *args):
+        if self._runBlocking is not None:
+            return self._runBlocking(f, *args)
+        from twisted.internet.threads import deferToThreadPool
+        reactor = self._getReactor()
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+    def _seconds(self):
+        return self._reactor.seconds() if self._reactor is not None else time.time()
+
+    def addObserver(self, observer):
+        """Call C{observer(msgid)} on the reactor thread after each message reaches C{todo/}."""
+        self._observers.append(observer)
+
+    def _notify(self, msgid):
+        for observer in list(self._observers):
+            try:
+                observer(msgid)
+            except Exception:
+                from twisted.logger import Logger
+                Logger().failure("queue observer failed")
+
+    def begin(self, how):
+        """
+        Start a message (qmail-queue steps 2–3 and the Received line): a C{pid/} file,
+        linked to C{mess/<id%23>/<id>}.  Raises L{TempFailure} if the queue is unusable.
+        """
+        qp = next(self._qps)
+        now = self._seconds()
+        try:
+            fd, pidPath = self._openPid(qp, int(now))
+        except _Trouble as t:
+            raise _failureFor(t.code)
+        msgid = os.fstat(fd).st_ino
+        messPath = os.path.join(self.queueDir, "mess", splitName(msgid), str(msgid))
+        try:
+            os.link(pidPath, messPath)
+        except OSError:
+            os.close(fd)
+            _discard(pidPath)
+            raise _failureFor(64)
+        try:
+            os.unlink(pidPath)
+        except OSError:
+            os.close(fd)
+            _discard(messPath)
+            _discard(pidPath)
+            raise _failureFor(63)
+        writer = QueueWriter(self, qp, msgid, fd)
+        writer.write(receivedLine(qp, how, now))
+        return writer
+
+    def _openPid(self, qp, now):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        for seq in range(1, PID_SEQ_LIMIT + 1):
+            path = os.path.join(self.queueDir, "pid", "%d.%d.%d" % (qp, now, seq))
+            try:
+                return os.open(path, flags, 0o644), path
+            except FileExistsError:
+                continue
+            except OSError:
+                raise _Trouble(63 if os.path.isdir(self.queueDir) else 62)
+        raise _Trouble(63)
+
+    def _path(self, kind, msgid):
+        return os.path.join(self.queueDir, kind, str(msgid))
+
+    def _link(self, writer):
+        """Queue C{writer} for the next group link; a Deferred fires with its id."""
+        from twisted.internet.defer import Deferred
+        d = Deferred()
+        self._gathering.append((writer, d))
+        if not self._linking:
+            self._startBatch()
+        return d
+
+    def _startBatch(self):
+        batch, self._gathering = self._gathering, []
+        self._linking = True
+        d = self._blocking(self._linkBatch, [w for w, _ in batch])
+        d.addBoth(self._batchDone, batch)
+
+    def _batchDone(self, codes, batch):
+        self._linking = False
+        if not isinstance(codes, list):
+            codes = [81] * len(batch)
+        for (writer, d), code in zip(batch, codes):
+            if code is None:
+                d.callback(writer.msgid)
+                self._notify(writer.msgid)
+            else:
+                d.errback(_failureFor(code))
+        if self._gathering:
+            self._startBatch()
+
+    def _linkBatch(self, writers):
+        """
+        qmail-queue step 6 for several messages, then one fsync of C{todo/} for all
+        (the step qmail leaves to the filesystem).  Returns a code (or C{None}) each.
+        """
+        codes = []
+        for writer in writers:
+            try:
+                os.link(self._path("intd", writer.msgid), self._path("todo", writer.msgid))
+            except OSError:
+                writer._cleanup()
+                codes.append(66)
+            else:
+                codes.append(None)
+        if any(code is None for code in codes):
+            try:
+                _fsyncDir(os.path.join(self.queueDir, "todo"))
+            except OSError:
+                # The links exist and qmail-send may take them: never remove them now.
+                codes = [53 if code is None else code for code in codes]
+            pullTrigger(self.queueDir)
+        return codes
+
+
+class QueueWriter:
+    """
+    One message on its way into the queue.
+
+    @ivar qp: the number in the Received line and the SMTP reply.
+    @ivar msgid: the inode of C{mess/<id%23>/<id>}, the message's id.
+    """
+
+    def __init__(self, queue, qp, msgid, fd):
+        self._queue = queue
+        self.qp = qp
+        self.msgid = msgid
+        self._fd = fd
+        self._buffer = bytearray()
+        self._writeFailed = False
+        self._state = "open"
+        self._madeIntd = False
+        self._messPath = os.path.join(queue.queueDir, "mess", splitName(msgid), str(msgid))
+
+    def write(self, data):
+        """Append message bytes; buffered, so cheap on the reactor thread."""
+        if self._state != "open" or self._writeFailed:
+            return
+        self._buffer += data
+        if len(self._buffer) >= WRITE_BUFFER:
+            self._flush()
+
+    def _flush(self):
+        try:
+            _writeAll(self._fd, self._buffer)
+        except OSError:
+            self._writeFailed = True
+        del self._buffer[:]
+
+    def registerProducer(self, producer, streaming):
+        """Nothing to pause for: disk writes never back up like a pipe."""
+
+    def unregisterProducer(self):
+        pass
+
+    def _checkedTodo(self, sender, recipients):
+        if self._state != "open":
+            raise _failureFor(81)
+        try:
+            todo = encodeTodo(self._queue._uid, self.qp, sender, recipients)
+        except EnvelopeError as e:
+            self._state = "failed"
+            self._closeAndCleanup()
+            raise _failureFor(e.code)
+        self._state = "committing"
+        return todo
+
+    def commit(self, sender, recipients):
+        """
+        Make the message durable and queued; the Deferred fires with L{msgid} once
+        C{todo/<id>} and its directory entry are on disk, or fails with a
+        L{TempFailure}/L{PermFailure} carrying qmail's text (partial files removed).
+        """
+        from twisted.internet.defer import fail
+        try:
+            todo = self._checkedTodo(sender, recipients)
+        except Exception as e:
+            return fail(e)
+        d = self._queue._blocking(self._prepare, todo)
+        d.addCallbacks(lambda _: self._queue._link(self), self._ebPrepare)
+        return d
+
+    def _ebPrepare(self, failure):
+        from twisted.python.failure import Failure
+        code = failure.value.code if failure.check(_Trouble) else 81
+        return Failure(_failureFor(code))
+
+    def commitSync(self, sender, recipients):
+        """L{commit}, blocking: returns L{msgid} or raises the failure value."""
+        todo = self._checkedTodo(sender, recipients)
+        try:
+            self._prepare(todo)
+        except _Trouble as t:
+            raise _failureFor(t.code)
+        except Exception:
+            raise _failureFor(81)
+        (code,) = self._queue._linkBatch([self])
+        if code is not None:
+            raise _failureFor(code)
+        self._queue._notify(self.msgid)
+        return self.msgid
+
+    def _prepare(self, todo):
+        """qmail-queue steps 4–5: message written and fsync'd, C{intd/<id>} written and fsync'd."""
+        try:
+            if self._buffer:
+                self._flush()
+            if self._writeFailed:
+                raise _Trouble(53)
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                raise _Trouble(53)
+            intd = self._queue._path("intd", self.msgid)
+            fd = self._openIntd(intd)
+            self._madeIntd = True
+            try:
+                _writeAll(fd, todo)
+                os.fsync(fd)
+            except OSError:
+                raise _Trouble(53)
+            finally:
+                os.close(fd)
+        except BaseException:
+            self._closeAndCleanup()
+            raise
+        os.close(self._fd)
+        self._fd = None
+
+    def _openIntd(self, path):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            return os.open(path, flags, 0o644)
+        except FileExistsError:
+            # We hold mess/<id>, so an intd/<id> can only be left from a dead message
+            # whose inode number was reused.
+            try:
+                os.unlink(path)
+                return os.open(path, flags, 0o644)
+            except OSError:
+                raise _Trouble(65)
+        except OSError:
+            raise _Trouble(65)
+
+    def _closeAndCleanup(self):
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        self._cleanup()
+
+    def _cleanup(self):
+        """Remove the partial files (intd before mess, so no state outside qmail's table)."""
+        if self._madeIntd:
+            _discard(self._queue._path("intd", self.msgid))
+        _discard(self._messPath)
+
+    def abort(self):
+        """Drop the message (client gone, too big, refused): its files are removed."""
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        del self._buffer[:]
+        d = self._queue._blocking(self._closeAndCleanup)
+        d.addErrback(lambda f: None)

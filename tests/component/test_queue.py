@@ -1,0 +1,270 @@
+"""qmailtx.queue.Queue on a real temp directory: files, order, failures, group commit."""
+
+import errno
+import os
+
+import pytest
+from twisted.internet import defer, task
+
+from qmailtx import queue as queuemod
+from qmailtx.envelope import parseRecords
+from qmailtx.queue import Queue, createLayout
+from qmailtx.results import PermFailure, TempFailure
+
+NOW = 1732217160
+
+
+def syncRun(f, *args):
+    return defer.maybeDeferred(f, *args)
+
+
+@pytest.fixture
+def root(tmp_path):
+    createLayout(str(tmp_path / "queue"))
+    return str(tmp_path)
+
+
+def makeQueue(root, runBlocking=syncRun):
+    clock = task.Clock()
+    clock.advance(NOW)
+    return Queue(root, reactor=clock, runBlocking=runBlocking)
+
+
+def read(root, *parts):
+    with open(os.path.join(root, "queue", *parts), "rb") as f:
+        return f.read()
+
+
+def listing(root, name):
+    out = []
+    for dirpath, _, files in os.walk(os.path.join(root, "queue", name)):
+        out += files
+    return sorted(out)
+
+
+def result(d):
+    out = []
+    d.addBoth(out.append)
+    assert out, "Deferred did not fire"
+    return out[0]
+
+
+def test_commitSyncFiles(root):
+    """A committed message is mess/<id%23>/<id> (Received line + bytes) and todo/<id> with u/p/F/T records; pid/ is empty."""
+    q = makeQueue(root)
+    w = q.begin(b"from network")
+    w.write(b"Subject: hi\n\nbody\n")
+    msgid = w.commitSync(b"a@x", [b"b@y", b"c@z"])
+    assert msgid == w.msgid
+    mess = os.path.join(root, "queue", "mess", str(msgid % 23), str(msgid))
+    assert os.stat(mess).st_ino == msgid
+    assert read(root, "mess", str(msgid % 23), str(msgid)) == (
+        b"Received: (qmail %d invoked from network); 21 Nov 2024 19:26:00 -0000\n"
+        b"Subject: hi\n\nbody\n" % w.qp)
+    assert read(root, "todo", str(msgid)) == b"u%d\0p%d\0Fa@x\0Tb@y\0Tc@z\0" % (os.getuid(), w.qp)
+    assert listing(root, "pid") == []
+    assert listing(root, "todo") == [str(msgid)]
+
+
+def test_qpUniqueIncreasing(root):
+    """Each begin() gets a larger qp, and distinct messages get distinct ids."""
+    q = makeQueue(root)
+    writers = [q.begin(b"by uid 5") for _ in range(3)]
+    assert [w.qp for w in writers] == sorted(set(w.qp for w in writers))
+    assert len({w.msgid for w in writers}) == 3
+    for w in writers:
+        w.abort()
+
+
+def test_commitDeferredAndObserverAndTrigger(root):
+    """commit() fires with the id after todo is linked; observers get the id; one byte reaches lock/trigger."""
+    trigger = os.open(os.path.join(root, "queue", "lock", "trigger"), os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        q = makeQueue(root)
+        seen = []
+        q.addObserver(seen.append)
+        w = q.begin(b"for bounce")
+        w.write(b"x\n")
+        msgid = result(w.commit(b"", [b"r@y"]))
+        assert msgid == w.msgid and seen == [msgid]
+        assert os.path.exists(os.path.join(root, "queue", "todo", str(msgid)))
+        assert os.read(trigger, 10) == b"\0"
+    finally:
+        os.close(trigger)
+
+
+def test_triggerWithoutReader(root):
+    """With nobody reading the trigger FIFO, commit still succeeds (the wake-up is best effort)."""
+    q = makeQueue(root)
+    w = q.begin(b"by alias")
+    assert w.commitSync(b"a", [b"b"]) == w.msgid
+
+
+def test_tooLong(root):
+    """An address over 1002 bytes fails permanently with qmail's text and leaves no files."""
+    q = makeQueue(root)
+    w = q.begin(b"from network")
+    w.write(b"x\n")
+    f = result(w.commit(b"a@x", [b"b" * 1003]))
+    assert f.value == PermFailure(b"envelope address too long for qq (#5.1.3)")
+    assert listing(root, "mess") == [] and listing(root, "intd") == []
+
+
+def test_abort(root):
+    """abort() removes the message file: nothing is left of it."""
+    q = makeQueue(root)
+    w = q.begin(b"from network")
+    w.write(b"partial")
+    w.abort()
+    w.write(b"ignored")
+    assert listing(root, "mess") == [] and listing(root, "pid") == []
+
+
+def test_diskFull(root, monkeypatch):
+    """A write error (disk full) is 'qq write error or disk full' and removes mess and intd."""
+    q = makeQueue(root)
+    w = q.begin(b"from network")
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "full")
+
+    monkeypatch.setattr(queuemod.os, "write", full)
+    w.write(b"y" * 100)
+    f = result(w.commit(b"a", [b"b"]))
+    monkeypatch.undo()
+    assert f.value == TempFailure(b"qq write error or disk full (#4.3.0)")
+    assert listing(root, "mess") == [] and listing(root, "intd") == [] and listing(root, "todo") == []
+
+
+def test_queueMissing(tmp_path):
+    """Without a queue directory begin() raises qmail's 'trouble creating files' failure."""
+    q = makeQueue(str(tmp_path))
+    with pytest.raises(TempFailure) as e:
+        q.begin(b"from network")
+    assert e.value.text == b"qq trouble creating files in queue (#4.3.0)"
+
+
+def test_pidSeqExhausted(root):
+    """When pid/<qp>.<time>.1 to .9 all exist, begin() fails temporarily (qmail's exit 63)."""
+    q = makeQueue(root)
+    qp = os.getpid()
+    for seq in range(1, 10):
+        open(os.path.join(root, "queue", "pid", "%d.%d.%d" % (qp, NOW, seq)), "w").close()
+    with pytest.raises(TempFailure):
+        q.begin(b"from network")
+    w = q.begin(b"from network")
+    assert w.qp == qp + 1
+    w.abort()
+
+
+def test_pidSeqRetry(root):
+    """A leftover pid file with seq 1 makes begin() use seq 2 and still succeed."""
+    q = makeQueue(root)
+    stale = os.path.join(root, "queue", "pid", "%d.%d.1" % (os.getpid(), NOW))
+    open(stale, "w").close()
+    w = q.begin(b"from network")
+    assert w.commitSync(b"a", [b"b"]) == w.msgid
+    assert listing(root, "pid") == ["%d.%d.1" % (os.getpid(), NOW)]
+
+
+def test_staleIntdReplaced(root):
+    """A stale intd/<id> from a dead message with a reused inode number does not block the new one."""
+    q = makeQueue(root)
+    w = q.begin(b"from network")
+    with open(os.path.join(root, "queue", "intd", str(w.msgid)), "wb") as f:
+        f.write(b"garbage")
+    w.commitSync(b"a", [b"b"])
+    assert read(root, "todo", str(w.msgid)).endswith(b"Fa\0Tb\0")
+
+
+def test_todoLinkFails(root, monkeypatch):
+    """If linking todo fails, the caller gets a temporary failure and mess and intd are removed."""
+    q = makeQueue(root)
+    w = q.begin(b"from network")
+    realLink = os.link
+
+    def link(src, dst):
+        if "/todo/" in dst:
+            raise OSError(errno.EIO, "io")
+        return realLink(src, dst)
+
+    monkeypatch.setattr(queuemod.os, "link", link)
+    with pytest.raises(TempFailure) as e:
+        w.commitSync(b"a", [b"b"])
+    assert e.value.text == b"qq trouble creating files in queue (#4.3.0)"
+    assert listing(root, "mess") == [] and listing(root, "intd") == []
+
+
+def test_todoDirSyncFails(root, monkeypatch):
+    """If the todo directory cannot be fsync'd the message stays queued (never removed under qmail-send) but the caller hears 'temporary'."""
+    q = makeQueue(root)
+    w = q.begin(b"from network")
+
+    def broken(path):
+        raise OSError(errno.EIO, "io")
+
+    monkeypatch.setattr(queuemod, "_fsyncDir", broken)
+    with pytest.raises(TempFailure):
+        w.commitSync(b"a", [b"b"])
+    assert listing(root, "todo") == [str(w.msgid)]
+    assert len(listing(root, "mess")) == 1
+
+
+def test_streamingBounded(root, monkeypatch):
+    """A 2 MiB message written in 1 KiB pieces is stored intact while at most WRITE_BUFFER bytes wait in memory."""
+    q = makeQueue(root)
+    w = q.begin(b"from network")
+    chunk = bytes(range(256)) * 4
+    peak = 0
+    for _ in range(2048):
+        w.write(chunk)
+        peak = max(peak, len(w._buffer))
+    assert peak < queuemod.WRITE_BUFFER
+    msgid = w.commitSync(b"a", [b"b"])
+    data = read(root, "mess", str(msgid % 23), str(msgid))
+    assert data.split(b"\n", 1)[1] == chunk * 2048
+
+
+def test_groupCommit(root):
+    """Commits that arrive while a todo batch is being made durable are linked together in the next batch."""
+    pending = []
+
+    def manual(f, *args):
+        d = defer.Deferred()
+        pending.append((f, args, d))
+        return d
+
+    def runAll():
+        while pending:
+            f, args, d = pending.pop(0)
+            d.callback(f(*args))
+
+    q = makeQueue(root, manual)
+    batches = []
+    real = q._linkBatch
+    q._linkBatch = lambda writers: batches.append(len(writers)) or real(writers)
+    ds = []
+    for i in range(5):
+        w = q.begin(b"from network")
+        w.write(b"m%d\n" % i)
+        ds.append(w.commit(b"a", [b"b%d" % i]))
+    # Run the five prepare steps; the first reaching the link phase starts a batch alone.
+    f, args, d = pending.pop(0)
+    d.callback(f(*args))
+    while pending and pending[0][0].__name__ == "_prepare":
+        f, args, d = pending.pop(0)
+        d.callback(f(*args))
+    runAll()
+    ids = [result(d) for d in ds]
+    assert all(isinstance(i, int) for i in ids)
+    assert sorted(batches) == [1, 4]
+    assert sorted(listing(root, "todo")) == sorted(str(i) for i in ids)
+
+
+def test_recordsReadable(root):
+    """A todo written here reads back with the shared record parser as qmail-send expects."""
+    q = makeQueue(root)
+    w = q.begin(b"by uid 7")
+    msgid = w.commitSync(b"s@x", [b"t@y"])
+    assert parseRecords(read(root, "todo", str(msgid))) == [
+        (b"u", str(os.getuid()).encode()), (b"p", str(w.qp).encode()), (b"F", b"s@x"), (b"T", b"t@y")]
