@@ -1,0 +1,419 @@
+"""
+qmail-smtpd as a Twisted protocol (spec/smtp.md §1–6).
+
+Owns the SMTP dialogue: command framing with a bounded line, verbs and their exact replies,
+PIPELINING with replies strictly in order, and the DATA phase streamed into a queue writer
+through L{qmailtx.smtpdata.DataReader}.  Policy decisions are the pure functions of
+L{qmailtx.address}; control files arrive as an L{SmtpControls} snapshot from the factory; the
+queue is whatever the factory hands out (the in-process queue, or the C{QMAILQUEUE}
+program).  Never reads queue directories, never delivers.
+"""
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+
+from qmailtx import address, log
+from qmailtx.control import ControlError
+from qmailtx.results import TempFailure, smtpReply
+from qmailtx.smtpdata import HOP_LIMIT, BareLineFeed, DataReader
+
+COMMAND_LINE_LIMIT = 4096
+"""Bytes of one command line before the client is cut off: far above qmail's 900-byte
+address limit plus the ESMTP parameters a real client sends (RFC 5321 §4.5.3.1.4)."""
+
+RECIPIENT_LIMIT = 1000
+"""Recipients held for one message.  qmail has no limit; bounded memory needs one, and
+RFC 5321 §4.5.3.1.8 asks for at least 100 (Postfix also stops at 1000)."""
+
+PIPELINE_LIMIT = 64 * 1024
+"""Pipelined bytes held while a reply is pending (a DATA commit) before reading pauses."""
+
+BARE_LF = b"451 See https://cr.yp.to/docs/smtplf.html.\r\n"
+
+_COMMAND, _DATA, _CLOSED = 0, 1, 2
+
+
+def _envBytes(env, name):
+    value = env.get(name)
+    return None if value is None else value.encode("utf-8", "surrogateescape")
+
+
+class SMTPServer(Protocol):
+    """
+    One SMTP session.  C{env} (the tcpserver environment: TCPREMOTEIP, RELAYCLIENT,
+    DATABYTES, QMAILQUEUE, ...) is set by the rules layer before the connection is made.
+    """
+
+    env = None
+    timeout = 1200
+    lastActivity = 0.0
+    _idleBucket = None
+
+    def connectionMade(self):
+        factory = self.factory
+        env = self.env
+        if env is None:
+            env = self.env = factory.envFromTransport(self.transport)
+        try:
+            self.transport.setTcpNoDelay(True)
+        except Exception:
+            pass
+        self.lastActivity = factory.clock.seconds()
+        try:
+            c = self.controls = factory.loadControls()
+        except ControlError as e:
+            log.warning(f"smtp: unable to read controls: {e}")
+            self._state = _CLOSED
+            self.transport.write(b"421 unable to read controls (#4.3.0)\r\n")
+            self.transport.loseConnection()
+            return
+        self.timeout = c.timeout
+        self.remotehost = _envBytes(env, "TCPREMOTEHOST") or b"unknown"
+        self.helo = None
+        self.relayclient = _envBytes(env, "RELAYCLIENT")
+        databytes = env.get("DATABYTES")
+        if databytes is None:
+            self.databytes = c.databytes
+        else:
+            self.databytes = int(databytes) if databytes.isdigit() else 0
+        self._buffer = b""
+        self._state = _COMMAND
+        self._blocked = False
+        self._outputFull = False
+        self.sender = None
+        self.recipients = []
+        self.badSender = False
+        self.writer = None
+        self.reader = None
+        self.transport.registerProducer(self, True)
+        factory.timeouts.watch(self)
+        self.transport.write(b"220 " + c.greeting + b" ESMTP\r\n")
+
+    # -- flow control (we are our own transport's producer) -------------------
+
+    def pauseProducing(self):
+        self._outputFull = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self):
+        self._outputFull = False
+        if not self._blocked and self._state != _CLOSED:
+            self.transport.resumeProducing()
+
+    def stopProducing(self):
+        pass
+
+    def _block(self):
+        self._blocked = True
+        self.transport.pauseProducing()
+
+    def _unblock(self):
+        self._blocked = False
+        if self._state == _CLOSED:
+            return
+        if not self._outputFull:
+            self.transport.resumeProducing()
+        self._process()
+
+    # -- input ---------------------------------------------------------------
+
+    def dataReceived(self, data):
+        if self._state == _CLOSED:
+            return
+        self.lastActivity = self.factory.clock.seconds()
+        self._buffer += data
+        if self._blocked:
+            if len(self._buffer) > PIPELINE_LIMIT:
+                self.transport.pauseProducing()
+            return
+        self._process()
+
+    def _process(self):
+        while self._buffer and not self._blocked and self._state != _CLOSED:
+            if self._state == _DATA:
+                data, self._buffer = self._buffer, b""
+                self._dataChunk(data)
+                continue
+            nl = self._buffer.find(b"\n")
+            if nl < 0 or nl > COMMAND_LINE_LIMIT:
+                if nl > COMMAND_LINE_LIMIT or len(self._buffer) > COMMAND_LINE_LIMIT:
+                    self._fatal(b"500 command line too long (#5.5.2)\r\n")
+                return
+            line = self._buffer[:nl]
+            self._buffer = self._buffer[nl + 1:]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            self._command(line)
+
+    def _command(self, line):
+        sp = line.find(b" ")
+        if sp < 0:
+            verb, arg = line, b""
+        else:
+            verb, arg = line[:sp], line[sp + 1:].lstrip(b" ")
+        handler = None
+        if verb.isalpha() and len(verb) <= 16:
+            handler = getattr(self, "do_" + verb.decode("ascii").upper(), None)
+        if handler is None:
+            self.reply(b"502 unimplemented (#5.5.1)")
+        else:
+            handler(arg)
+
+    def reply(self, line):
+        self.transport.write(line + b"\r\n")
+
+    def _fatal(self, text):
+        """Say C{text} and close: framing errors, over-long lines, timeouts."""
+        self._state = _CLOSED
+        self._buffer = b""
+        self._abortWriter()
+        self.transport.write(text)
+        self._close()
+
+    def _close(self):
+        self._state = _CLOSED
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def idleTimedOut(self):
+        if self._state != _CLOSED:
+            self._fatal(b"451 timeout (#4.4.2)\r\n")
+
+    def connectionLost(self, reason):
+        self._state = _CLOSED
+        self._abortWriter()
+        self.factory.timeouts.forget(self)
+
+    # -- verbs ---------------------------------------------------------------
+
+    def _greeting(self):
+        return self.controls.greeting
+
+    def _resetTransaction(self):
+        self.sender = None
+        self.recipients = []
+
+    def _setHelo(self, arg):
+        self._resetTransaction()
+        self.helo = arg
+
+    def do_HELO(self, arg):
+        self._setHelo(arg)
+        self.reply(b"250 " + self._greeting())
+
+    def do_EHLO(self, arg):
+        self._setHelo(arg)
+        self.transport.write(b"".join((
+            b"250-", self._greeting(), b"\r\n",
+            b"250-PIPELINING\r\n",
+            b"250-8BITMIME\r\n",
+            b"250 SIZE %d\r\n" % self.databytes,
+        )))
+
+    def _parse(self, arg):
+        return address.parseAddress(arg, self.factory.ipme, self.controls.localiphost)
+
+    def do_MAIL(self, arg):
+        parsed = self._parse(arg)
+        if parsed is None:
+            return self.reply(b"555 syntax error (#5.5.4)")
+        sender, params = parsed
+        size = address.sizeParameter(params)
+        if self.databytes and size is not None and size > self.databytes:
+            return self.reply(b"552 sorry, that message size exceeds my databytes limit (#5.3.4)")
+        self.badSender = address.badmailfromMatches(sender, self.controls.badmailfrom)
+        self.sender = sender
+        self.recipients = []
+        self.reply(b"250 ok")
+
+    def do_RCPT(self, arg):
+        if self.sender is None:
+            return self.reply(b"503 MAIL first (#5.5.1)")
+        parsed = self._parse(arg)
+        if parsed is None:
+            return self.reply(b"555 syntax error (#5.5.4)")
+        recipient = parsed[0]
+        if len(self.recipients) >= RECIPIENT_LIMIT:
+            return self.reply(b"452 too many recipients (#4.5.3)")
+        if self.badSender:
+            return self.reply(
+                b"553 sorry, your envelope sender is in my badmailfrom list (#5.7.1)")
+        if self.relayclient is not None:
+            recipient += self.relayclient
+        elif not address.rcpthostsAllows(
+                recipient, self.controls.rcpthosts, self.controls.morercpthosts):
+            return self.reply(
+                b"553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)")
+        self.recipients.append(recipient)
+        self.reply(b"250 ok")
+
+    def do_DATA(self, arg):
+        if self.sender is None:
+            return self.reply(b"503 MAIL first (#5.5.1)")
+        if not self.recipients:
+            return self.reply(b"503 RCPT first (#5.5.1)")
+        sender, recipients = self.sender, self.recipients
+        self._resetTransaction()
+        try:
+            writer = self.factory.queueFor(self.env).begin(b"from network")
+        except Exception as e:
+            log.warning(f"smtp: cannot start queue: {e}")
+            return self.reply(b"451 qqt failure (#4.3.0)")
+        self.writer = writer
+        self._envelope = (sender, recipients)
+        self.reply(b"354 go ahead")
+        writer.write(self._received())
+        self._tooBig = False
+        self.reader = DataReader(self._dataSink)
+        self._state = _DATA
+        if hasattr(writer, "registerProducer"):
+            writer.registerProducer(self.transport, True)
+
+    def _received(self):
+        env = self.env
+        local = env.get("TCPLOCALHOST") or env.get("TCPLOCALIP") or "unknown"
+        info = env.get("TCPREMOTEINFO")
+        return address.receivedLine(
+            self.remotehost,
+            self.helo,
+            None if info is None else info.encode("utf-8", "surrogateescape"),
+            _envBytes(env, "TCPREMOTEIP") or b"unknown",
+            local.encode("utf-8", "surrogateescape"),
+            self.proto(),
+            self.factory.clock.seconds(),
+        )
+
+    def proto(self):
+        """The C{with} word of the Received line."""
+        return b"SMTP"
+
+    def _dataSink(self, text):
+        if self._tooBig:
+            return
+        if self.databytes and self.reader.size > self.databytes:
+            self._tooBig = True
+            return
+        self.writer.write(text)
+
+    def _dataChunk(self, data):
+        try:
+            rest = self.reader.feed(data)
+        except BareLineFeed:
+            return self._fatal(BARE_LF)
+        if rest is None:
+            return
+        self._buffer = rest + self._buffer
+        self._state = _COMMAND
+        self._finishMessage()
+
+    def _finishMessage(self):
+        reader, writer = self.reader, self.writer
+        self.reader = None
+        if hasattr(writer, "unregisterProducer"):
+            writer.unregisterProducer()
+        if reader.hops >= HOP_LIMIT:
+            self._abortWriter()
+            return self.reply(b"554 too many hops, this message is looping (#5.4.6)")
+        if self._tooBig:
+            self._abortWriter()
+            return self.reply(b"552 sorry, that message size exceeds my databytes limit (#5.3.4)")
+        sender, recipients = self._envelope
+        self._block()
+        d = defer.maybeDeferred(writer.commit, sender, recipients)
+        d.addCallbacks(self._cbQueued, self._ebQueued, callbackArgs=(writer,))
+        d.addBoth(lambda _: self._committed())
+
+    def _cbQueued(self, msgid, writer):
+        self.writer = None
+        if self._state != _CLOSED:
+            self.reply(b"250 ok %d qp %d" % (int(self.factory.clock.seconds()), writer.qp))
+
+    def _ebQueued(self, failure):
+        self.writer = None
+        error = failure.value
+        if not isinstance(error, Exception) or not hasattr(error, "permanent"):
+            log.warning(f"smtp: queue failure: {failure.getErrorMessage()}")
+            error = TempFailure(b"qq temporary problem (#4.3.0)")
+        if self._state != _CLOSED:
+            self.reply(smtpReply(error))
+
+    def _committed(self):
+        self._unblock()
+
+    def _abortWriter(self):
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.abort()
+            except Exception as e:
+                log.warning(f"smtp: aborting queue writer: {e}")
+
+    def do_RSET(self, arg):
+        self._resetTransaction()
+        self.reply(b"250 flushed")
+
+    def do_NOOP(self, arg):
+        self.reply(b"250 ok")
+
+    def do_VRFY(self, arg):
+        self.reply(b"252 send some mail, i'll try my best")
+
+    def do_HELP(self, arg):
+        self.reply(b"214 qmailtx: qmail's design on Twisted")
+
+    def do_QUIT(self, arg):
+        self.reply(b"221 " + self._greeting())
+        self._close()
+
+
+class SMTPFactory(Factory):
+    """
+    Shared state of one SMTP listener: controls, queue, ipme, the idle-timeout wheel.
+
+    @ivar queue: the in-process L{qmailtx.queue.Queue}.
+    @ivar programQueue: C{(program, env) -> writer source} for C{QMAILQUEUE}.
+    """
+
+    protocol = SMTPServer
+    busyReply = b"421 too many connections from your address (#4.3.2)\r\n"
+
+    def __init__(self, controls, queue, clock, ipme=frozenset(), programQueue=None):
+        from qmailtx.control import loadSmtpControls
+        from qmailtx.timeouts import IdleTimeouts
+
+        self.controlDir = controls
+        self._load = loadSmtpControls
+        self.queue = queue
+        self.clock = clock
+        self.ipme = ipme
+        self.programQueue = programQueue
+        self.timeouts = IdleTimeouts(clock)
+        self._snapshot = None
+
+    def loadControls(self):
+        """The current snapshot; the same object while no control file changed."""
+        snapshot = self._load(self.controlDir)
+        if snapshot == self._snapshot:
+            return self._snapshot
+        self._snapshot = snapshot
+        return snapshot
+
+    def queueFor(self, env):
+        program = env.get("QMAILQUEUE")
+        if program and self.programQueue is not None:
+            return self.programQueue(program, env)
+        return self.queue
+
+    def envFromTransport(self, transport):
+        peer, host = transport.getPeer(), transport.getHost()
+        return {
+            "PROTO": "TCP",
+            "TCPREMOTEIP": getattr(peer, "host", "unknown"),
+            "TCPREMOTEPORT": str(getattr(peer, "port", 0)),
+            "TCPLOCALIP": getattr(host, "host", "unknown"),
+            "TCPLOCALPORT": str(getattr(host, "port", 0)),
+        }
+
+    def stopFactory(self):
+        self.timeouts.stop()
+
