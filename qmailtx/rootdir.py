@@ -1,0 +1,70 @@
+"""
+A complete, working qmail root (C{qmailtx init}, and the embedded default's first run).
+
+Writes C{control/}, C{queue/} (through L{qmailtx.queue.createLayout}), C{users/},
+C{alias/} with its Maildir and the postmaster/root/mailer-daemon aliases, and
+C{rules/smtp}: relaying for 127.0.0.1 only, everything else allowed to deliver locally.
+Never touches an existing root.
+"""
+
+import os
+import socket
+
+from qmailtx.queue import createLayout
+
+
+class RootExists(Exception):
+    """The target already holds a qmail root (or anything at all)."""
+
+
+SMTP_RULES = b"""\
+# tcprules for the SMTP listener (spec: tcprules(1); compile with
+#   qmailtx tcprules rules/smtp.cdb rules/smtp.tmp < rules/smtp   if you prefer a cdb).
+# Loopback clients may relay; everyone else may only send to rcpthosts.
+127.0.0.1:allow,RELAYCLIENT=""
+:allow
+"""
+
+
+def defaultHostname():
+    name = socket.getfqdn()
+    return name if name and "." in name else "localhost"
+
+
+def createRoot(root, me=None):
+    """
+    Create a qmail root at C{root} for host C{me}; raises L{RootExists} if C{root} exists
+    and is not an empty directory, C{OSError} on trouble.
+    """
+    if os.path.exists(root):
+        if not os.path.isdir(root) or os.listdir(root):
+            raise RootExists(f"{root} already exists; not overwriting it")
+    me = (me or defaultHostname()).encode()
+    os.makedirs(root, 0o755, exist_ok=True)
+    control = os.path.join(root, "control")
+    os.mkdir(control, 0o755)
+    hosts = [me] if me == b"localhost" else [me, b"localhost"]
+    files = {
+        "me": me + b"\n",
+        "locals": b"".join(h + b"\n" for h in hosts),
+        "rcpthosts": b"".join(h + b"\n" for h in hosts),
+        "defaultdelivery": b"./Maildir/\n",
+    }
+    for name, data in files.items():
+        with open(os.path.join(control, name), "wb") as f:
+            f.write(data)
+    createLayout(os.path.join(root, "queue"))
+    os.mkdir(os.path.join(root, "users"), 0o755)
+    alias = os.path.join(root, "alias")
+    os.mkdir(alias, 0o2755)
+    for sub in ("Maildir", "Maildir/tmp", "Maildir/new", "Maildir/cur"):
+        os.mkdir(os.path.join(alias, sub), 0o700)
+    for name in (".qmail-postmaster", ".qmail-mailer-daemon", ".qmail-root"):
+        with open(os.path.join(alias, name), "wb") as f:
+            f.write(b"./Maildir/\n")
+        os.chmod(os.path.join(alias, name), 0o644)
+    rules = os.path.join(root, "rules")
+    os.mkdir(rules, 0o755)
+    with open(os.path.join(rules, "smtp"), "wb") as f:
+        f.write(SMTP_RULES)
+    return root

@@ -1,0 +1,29 @@
+"""Shared fixtures: a fresh qmail root, a running daemon."""
+
+import os
+
+import pytest
+
+from qmailtx.rootdir import createRoot
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: soak/bench runs kept out of the default run")
+
+
+@pytest.fixture
+def qmailRoot(tmp_path):
+    """A new qmail root made by `qmailtx init` logic, host name mx.example.com."""
+    root = tmp_path / "root"
+    createRoot(str(root), "mx.example.com")
+    return root
+
+
+@pytest.fixture
+def daemon(qmailRoot):
+    """A live `twistd -n qmail` on 127.0.0.1 with SMTP, stopped after the test."""
+    from tests.service.daemon import Daemon
+
+    d = Daemon(qmailRoot).start()
+    yield d
+    d.stop()
