@@ -1,0 +1,54 @@
+"""
+C{qmailtx qstat [--root DIR]}: qmail-qstat (spec/queue.md §11).  Reads C{queue/} only.
+
+The root is C{--root DIR}, else C{$QMAILHOME}, else C{./qmail-root} (the daemon's default).
+"""
+
+import os
+import sys
+
+DEFAULT_ROOT = "./qmail-root"
+
+
+def toolRoot(argv):
+    """The qmail root for an inspection tool, or C{None} for a usage error."""
+    args = list(argv[1:])
+    root = os.environ.get("QMAILHOME") or DEFAULT_ROOT
+    while args:
+        arg = args.pop(0)
+        if arg == "--root" and args:
+            root = args.pop(0)
+        elif arg.startswith("--root=") and len(arg) > 7:
+            root = arg[7:]
+        else:
+            return None
+    return root
+
+
+def countFiles(path):
+    """Non-directory entries anywhere below C{path} (qmail-qstat's find | wc, minus the dirs)."""
+    total = 0
+    for _, _, files in os.walk(path, onerror=_raise):
+        total += len(files)
+    return total
+
+
+def _raise(error):
+    raise error
+
+
+def main(argv):
+    root = toolRoot(argv)
+    if root is None:
+        sys.stderr.write(f"{argv[0]}: usage: qmailtx {argv[0]} [--root DIR]\n")
+        return 100
+    queue = os.path.join(root, "queue")
+    try:
+        mess = countFiles(os.path.join(queue, "mess"))
+        todo = countFiles(os.path.join(queue, "todo"))
+    except OSError as e:
+        sys.stderr.write(f"{argv[0]}: fatal: unable to read {e.filename}: {e.strerror}\n")
+        return 111
+    sys.stdout.write(f"messages in queue: {mess}\n"
+                     f"messages in queue but not yet preprocessed: {todo}\n")
+    return 0
