@@ -354,16 +354,16 @@ class Maildir:
         qmail-pop3d's UPDATE: unlink every name in C{deleted}, then rename every name in
         C{kept} that is in new/ to C{cur/<x>:2,} (rename errors ignored).
 
-        @return: C{True} if every unlink succeeded.
+        @return: how many unlinks failed (qmail-pop3d prints one error line for each).
         """
-        ok = True
+        failed = 0
         for name in deleted:
             try:
                 os.unlink(os.path.join(self.path, name))
             except FileNotFoundError:
                 pass
             except OSError:
-                ok = False
+                failed += 1
         moved = {}
         for name in kept:
             if not name.startswith(b"new/"):
@@ -376,7 +376,7 @@ class Maildir:
             except OSError:
                 pass
         self._noteUpdate(deleted, moved)
-        return ok
+        return failed
 
     def _noteUpdate(self, deleted, moved):
         """Carry what we know across our own renames so the next login needs no stats."""

@@ -4,6 +4,8 @@ the next program's report, crashes and the kill timeout.
 """
 
 import os
+import shutil
+import tempfile
 
 from twisted.internet import reactor
 from twisted.trial import unittest
@@ -45,8 +47,8 @@ class CheckPasswordTests(unittest.TestCase):
         self.program = writeChecker(self._tmp())
 
     def _tmp(self):
-        d = os.path.abspath(self.mktemp())
-        os.makedirs(d)
+        d = tempfile.mkdtemp(prefix="qmailtx-cp-")
+        self.addCleanup(shutil.rmtree, d, True)
         return d
 
     def check(self, login, password, challenge=b"<1.2@x>", **kw):

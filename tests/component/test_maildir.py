@@ -123,7 +123,7 @@ def test_updateDeletesAndMoves(md):
     put(md, "cur", "c:2,S", b"c", ago=10)
     m = maildir.Maildir(str(md), cache=cache)
     assert [n for n, _ in m.scan()] == [b"new/a", b"new/b", b"cur/c:2,S"]
-    assert m.update([b"new/a"], [b"new/b", b"cur/c:2,S"])
+    assert m.update([b"new/a"], [b"new/b", b"cur/c:2,S"]) == 0
     assert sorted(os.listdir(md / "cur")) == ["b:2,", "c:2,S"]
     assert os.listdir(md / "new") == []
     assert [n for n, _ in m.scan()] == [b"cur/b:2,", b"cur/c:2,S"]

@@ -1,0 +1,254 @@
+"""
+Mailbox access for the POP3 TRANSACTION state, in two privilege modes (spec/pop3.md §2).
+
+L{LocalMailboxes}: the daemon is unprivileged and serves maildirs itself; scans and the
+QUIT update run in the reactor's thread pool so a 50,000-message maildir never blocks other
+sessions.  L{OwnerMailboxes}: the daemon is root; every read and change is made by a
+L{qmailtx.scripts.pop3session} worker running as the mailbox owner's uid/gid, spoken to over
+pipes.  Workers are kept per (uid, gid) while in use and for a while after, so their scan
+caches make repeated logins cheap.
+
+Both hand L{qmailtx.pop3} a mailbox with C{messages}, C{openMessage(name)},
+C{update(deleted, kept)} and C{release()}.  Writes only through L{qmailtx.maildir}; must
+not import protocols.
+"""
+
+import os
+import sys
+
+from twisted.internet import defer, error, protocol, threads
+from twisted.logger import Logger
+
+from qmailtx import maildir
+from qmailtx.scripts import pop3session as wire
+
+_log = Logger(namespace="qmailtx.pop3")
+
+
+def maildirPath(home, maildirName):
+    """C{$HOME/<maildirName>}; an empty home has no maildir."""
+    if not home:
+        raise maildir.NoMaildir()
+    return os.path.join(home, maildirName)
+
+
+class _FileSource:
+    """A message file read in this process (chunks come from the page cache)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def read(self, n):
+        try:
+            return defer.succeed(self.f.read(n))
+        except OSError as e:
+            return defer.fail(e)
+
+    def close(self):
+        self.f.close()
+
+
+class LocalMailbox:
+    def __init__(self, reactor, box, messages):
+        self.reactor = reactor
+        self.box = box
+        self.messages = messages
+
+    def openMessage(self, name):
+        try:
+            return defer.succeed(_FileSource(self.box.open(name)))
+        except OSError as e:
+            return defer.fail(e)
+
+    def update(self, deleted, kept):
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                         self.box.update, deleted, kept)
+
+    def release(self):
+        pass
+
+
+class LocalMailboxes:
+    """Maildirs served by the daemon's own uid, with one scan cache for all of them."""
+
+    def __init__(self, reactor, cache=None):
+        self.reactor = reactor
+        self.cache = cache if cache is not None else maildir.ScanCache()
+
+    def open(self, who, maildirName):
+        try:
+            box = maildir.Maildir(maildirPath(who.home, maildirName), self.cache,
+                                  self.reactor.seconds)
+        except maildir.NoMaildir as e:
+            return defer.fail(e)
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), box.login)
+        d.addCallback(lambda messages: LocalMailbox(self.reactor, box, messages))
+        return d
+
+
+WORKER_IDLE = 300.0
+"""Seconds an unused owner worker is kept, so its scan cache serves the next login."""
+
+
+class _WorkerProtocol(protocol.ProcessProtocol):
+    """Requests out on the worker's stdin, replies in order on its stdout."""
+
+    def __init__(self, pool, key):
+        self.pool = pool
+        self.key = key
+        self.pending = []
+        self.decoder = wire.FrameDecoder()
+        self.users = 0
+        self.idleCall = None
+        self.dead = False
+
+    def request(self, *fields):
+        if self.dead:
+            return defer.fail(maildir.ScanError())
+        d = defer.Deferred()
+        self.pending.append(d)
+        self.transport.write(wire.encodeFrame(fields))
+        return d
+
+    def outReceived(self, data):
+        try:
+            frames = self.decoder.feed(data)
+        except ValueError:
+            self.transport.signalProcess("KILL")
+            return
+        for frame in frames:
+            if self.pending:
+                self.pending.pop(0).callback(frame)
+
+    def errReceived(self, data):
+        _log.warn("pop3session: {text}", text=data[:500].decode("utf-8", "replace"))
+
+    def processEnded(self, reason):
+        self.dead = True
+        self.pool.forget(self)
+        pending, self.pending = self.pending, []
+        for d in pending:
+            d.errback(maildir.ScanError())
+
+    def hold(self):
+        self.users += 1
+        if self.idleCall is not None:
+            self.idleCall.cancel()
+            self.idleCall = None
+
+    def unhold(self):
+        self.users -= 1
+        if self.users == 0 and not self.dead:
+            self.idleCall = self.pool.reactor.callLater(self.pool.idle, self._stop)
+
+    def _stop(self):
+        self.idleCall = None
+        self.pool.forget(self)
+        try:
+            self.transport.closeStdin()
+        except error.ProcessExitedAlready:
+            pass
+
+
+class _WorkerSource:
+    def __init__(self, worker, handle):
+        self.worker = worker
+        self.handle = handle
+
+    def read(self, n):
+        d = self.worker.request(b"R", self.handle, b"%d" % n)
+        d.addCallback(_expectOk)
+        return d
+
+    def close(self):
+        if not self.worker.dead:
+            self.worker.request(b"C", self.handle).addErrback(lambda f: None)
+
+
+def _expectOk(frame):
+    if frame[:1] != b"+":
+        raise OSError(frame[1:].decode("utf-8", "replace"))
+    return frame[1:]
+
+
+class OwnerMailbox:
+    def __init__(self, worker, path, messages):
+        self.worker = worker
+        self.path = path
+        self.messages = messages
+
+    def openMessage(self, name):
+        d = self.worker.request(b"O", self.path, name)
+        d.addCallback(_expectOk)
+        d.addCallback(lambda handle: _WorkerSource(self.worker, handle))
+        return d
+
+    def update(self, deleted, kept):
+        d = self.worker.request(b"U", self.path, b"\0".join(deleted), b"\0".join(kept))
+        d.addCallback(_expectOk)
+        d.addCallback(int)
+        return d
+
+    def release(self):
+        if self.worker is not None:
+            self.worker.unhold()
+            self.worker = None
+
+
+class OwnerMailboxes:
+    """
+    Maildirs served by workers running as their owners (daemon started as root).
+
+    @ivar command: argv of the worker (default: this Python running
+        L{qmailtx.scripts.pop3session}).
+    """
+
+    def __init__(self, reactor, idle=WORKER_IDLE, command=None):
+        self.reactor = reactor
+        self.idle = idle
+        self.command = command or [sys.executable, "-m", "qmailtx.scripts.pop3session"]
+        self.workers = {}
+
+    def worker(self, uid, gid):
+        key = (uid, gid)
+        w = self.workers.get(key)
+        if w is None:
+            w = _WorkerProtocol(self, key)
+            env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(sys.path)}
+            self.reactor.spawnProcess(w, self.command[0], self.command, env=env, path="/",
+                                      uid=uid, gid=gid)
+            self.workers[key] = w
+        return w
+
+    def forget(self, w):
+        if self.workers.get(w.key) is w:
+            del self.workers[w.key]
+
+    def open(self, who, maildirName):
+        try:
+            path = maildirPath(who.home, maildirName)
+            w = self.worker(who.uid, who.gid)
+        except maildir.NoMaildir as e:
+            return defer.fail(e)
+        except Exception:
+            return defer.fail(maildir.ScanError())
+        w.hold()
+        d = w.request(b"L", path)
+        d.addCallback(self._cbListed, w, path)
+        d.addErrback(self._ebListed, w)
+        return d
+
+    def _cbListed(self, frame, w, path):
+        if frame == b"-nomaildir":
+            raise maildir.NoMaildir()
+        if frame[:1] != b"+":
+            raise maildir.ScanError()
+        return OwnerMailbox(w, path, wire.decodeListing(frame[1:]))
+
+    def _ebListed(self, failure, w):
+        w.unhold()
+        return failure
+
+    def stopAll(self):
+        for w in list(self.workers.values()):
+            w._stop()

@@ -1,0 +1,167 @@
+"""
+C{qmailtx pop3session}: qmail-pop3d's mailbox work as the mailbox owner (spec/pop3.md §2).
+
+When the daemon runs as root it starts this program under the owner's uid/gid (one per
+(uid, gid), reused) and keeps the socket and TLS itself.  Requests arrive on stdin, replies
+leave on stdout, both as netstring frames; one reply per request, in order:
+
+  - C{L path} ⇒ C{+} listing (C{name\\0size\\0}…), C{-nomaildir} or C{-scan}
+  - C{O path name} ⇒ C{+handle} or C{-error}
+  - C{R handle n} ⇒ C{+bytes} (empty at end of file) or C{-error}
+  - C{C handle} ⇒ C{+}
+  - C{U path deleted kept} (names C{\\0}-separated) ⇒ C{+failures}
+
+Refuses to run as uid 0.  Writes only through L{qmailtx.maildir}; must not import Twisted.
+"""
+
+import os
+import sys
+
+from qmailtx import maildir
+
+FRAME_LIMIT = 64 * 1024 * 1024
+"""Largest frame accepted either way (a 50,000-message listing is about 3 MB)."""
+
+READ_LIMIT = 1024 * 1024
+"""Largest chunk one C{R} request returns."""
+
+OPEN_LIMIT = 256
+"""Message files a worker keeps open at once; the oldest is closed beyond this."""
+
+
+def netstring(data):
+    return b"%d:%s," % (len(data), data)
+
+
+def encodeFrame(fields):
+    """A request: one netstring holding one netstring per field."""
+    return netstring(b"".join(netstring(f) for f in fields))
+
+
+def parseNetstrings(data):
+    """Every netstring of C{data}, which must hold nothing else."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        colon = data.index(b":", pos)
+        size = int(data[pos:colon])
+        end = colon + 1 + size
+        if data[end:end + 1] != b",":
+            raise ValueError("bad netstring")
+        out.append(data[colon + 1:end])
+        pos = end + 1
+    return out
+
+
+class FrameDecoder:
+    """Incremental netstring frames, each at most L{FRAME_LIMIT} bytes."""
+
+    def __init__(self):
+        self.buffer = b""
+
+    def feed(self, data):
+        self.buffer += data
+        frames = []
+        while True:
+            colon = self.buffer.find(b":")
+            if colon < 0:
+                if len(self.buffer) > 12:
+                    raise ValueError("bad frame")
+                return frames
+            head = self.buffer[:colon]
+            if not head.isdigit() or int(head) > FRAME_LIMIT:
+                raise ValueError("bad frame")
+            end = colon + 1 + int(head)
+            if len(self.buffer) <= end:
+                return frames
+            if self.buffer[end:end + 1] != b",":
+                raise ValueError("bad frame")
+            frames.append(self.buffer[colon + 1:end])
+            self.buffer = self.buffer[end + 1:]
+
+
+def encodeListing(messages):
+    return b"".join(b"%s\0%d\0" % (name, size) for name, size in messages)
+
+
+def decodeListing(data):
+    fields = data.split(b"\0")
+    return [(fields[i], int(fields[i + 1])) for i in range(0, len(fields) - 1, 2)]
+
+
+def splitNames(data):
+    return [n for n in data.split(b"\0") if n] if data else []
+
+
+class Session:
+    """The worker's state: a scan cache, and the open message files by handle."""
+
+    def __init__(self):
+        self.cache = maildir.ScanCache()
+        self.files = {}
+        self.nextHandle = 0
+
+    def box(self, path):
+        return maildir.Maildir(path, self.cache)
+
+    def handle(self, fields):
+        verb = fields[0]
+        if verb == b"L":
+            try:
+                return b"+" + encodeListing(self.box(fields[1]).login())
+            except maildir.NoMaildir:
+                return b"-nomaildir"
+            except (maildir.ScanError, OSError):
+                return b"-scan"
+        if verb == b"O":
+            try:
+                f = self.box(fields[1]).open(fields[2])
+            except OSError as e:
+                return b"-" + str(e).encode("utf-8", "replace")
+            self.nextHandle += 1
+            self.files[b"%d" % self.nextHandle] = f
+            if len(self.files) > OPEN_LIMIT:
+                self.files.pop(next(iter(self.files))).close()
+            return b"+%d" % self.nextHandle
+        if verb == b"R":
+            f = self.files.get(fields[1])
+            if f is None:
+                return b"-no such handle"
+            try:
+                return b"+" + f.read(min(int(fields[2]), READ_LIMIT))
+            except OSError as e:
+                return b"-" + str(e).encode("utf-8", "replace")
+        if verb == b"C":
+            f = self.files.pop(fields[1], None)
+            if f is not None:
+                f.close()
+            return b"+"
+        if verb == b"U":
+            failed = self.box(fields[1]).update(splitNames(fields[2]), splitNames(fields[3]))
+            return b"+%d" % failed
+        return b"-unknown request"
+
+
+def serve(inFd=0, outFd=1):
+    session = Session()
+    decoder = FrameDecoder()
+    while True:
+        data = os.read(inFd, 65536)
+        if not data:
+            return 0
+        for frame in decoder.feed(data):
+            reply = netstring(session.handle(parseNetstrings(frame)))
+            view = memoryview(reply)
+            while view:
+                view = view[os.write(outFd, view):]
+
+
+def main(argv):
+    if os.getuid() == 0:
+        sys.stderr.write("qmail-pop3d invoked as uid 0, terminating\n")
+        return 1
+    return serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
