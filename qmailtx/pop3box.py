@@ -86,6 +86,34 @@ class LocalMailboxes:
         return d
 
 
+def _worldExecutable(path):
+    """True if a user other than us can run C{path}: every directory on the way and the
+    file itself have the others-execute bit."""
+    path = os.path.realpath(path)
+    parts = [path]
+    while os.path.dirname(parts[-1]) != parts[-1]:
+        parts.append(os.path.dirname(parts[-1]))
+    try:
+        return all(os.stat(p).st_mode & 0o001 for p in parts)
+    except OSError:
+        return False
+
+
+def workerCommand():
+    """
+    How to start L{qmailtx.scripts.pop3session} as a mailbox owner: this interpreter if the
+    owner can run it, else the system's C{python3} (the worker needs only the standard
+    library and qmailtx itself).
+    """
+    python = sys.executable
+    if not _worldExecutable(python):
+        python = "/usr/bin/python3"
+    return [python, "-s", "-m", "qmailtx.scripts.pop3session"]
+
+
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(maildir.__file__)))
+
+
 WORKER_IDLE = 300.0
 """Seconds an unused owner worker is kept, so its scan cache serves the next login."""
 
@@ -101,6 +129,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.users = 0
         self.idleCall = None
         self.dead = False
+        self.ended = defer.Deferred()
 
     def request(self, *fields):
         if self.dead:
@@ -126,9 +155,14 @@ class _WorkerProtocol(protocol.ProcessProtocol):
     def processEnded(self, reason):
         self.dead = True
         self.pool.forget(self)
+        self.pool.live.discard(self)
+        if self.idleCall is not None:
+            self.idleCall.cancel()
+            self.idleCall = None
         pending, self.pending = self.pending, []
         for d in pending:
             d.errback(maildir.ScanError())
+        self.ended.callback(None)
 
     def hold(self):
         self.users += 1
@@ -142,6 +176,8 @@ class _WorkerProtocol(protocol.ProcessProtocol):
             self.idleCall = self.pool.reactor.callLater(self.pool.idle, self._stop)
 
     def _stop(self):
+        if self.idleCall is not None and self.idleCall.active():
+            self.idleCall.cancel()
         self.idleCall = None
         self.pool.forget(self)
         try:
@@ -206,18 +242,20 @@ class OwnerMailboxes:
     def __init__(self, reactor, idle=WORKER_IDLE, command=None):
         self.reactor = reactor
         self.idle = idle
-        self.command = command or [sys.executable, "-m", "qmailtx.scripts.pop3session"]
+        self.command = command or workerCommand()
         self.workers = {}
+        self.live = set()
 
     def worker(self, uid, gid):
         key = (uid, gid)
         w = self.workers.get(key)
         if w is None:
             w = _WorkerProtocol(self, key)
-            env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(sys.path)}
+            env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": PACKAGE_ROOT}
             self.reactor.spawnProcess(w, self.command[0], self.command, env=env, path="/",
                                       uid=uid, gid=gid)
             self.workers[key] = w
+            self.live.add(w)
         return w
 
     def forget(self, w):
@@ -250,5 +288,9 @@ class OwnerMailboxes:
         return failure
 
     def stopAll(self):
-        for w in list(self.workers.values()):
+        """Ask every worker to exit; the L{Deferred} fires when all have."""
+        ended = []
+        for w in list(self.live):
+            ended.append(w.ended)
             w._stop()
+        return defer.DeferredList(ended)
