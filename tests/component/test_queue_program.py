@@ -5,7 +5,9 @@ exit codes, fd 6 text and crashes).
 """
 
 import os
+import shutil
 import sys
+import tempfile
 
 from twisted.internet import reactor
 from twisted.trial import unittest
@@ -18,8 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 class QueueTestBase(unittest.TestCase):
     def setUp(self):
-        self.root = os.path.abspath(self.mktemp())
-        os.makedirs(self.root)
+        self.root = tempfile.mkdtemp(prefix="qmailtx-queue-")
+        self.addCleanup(shutil.rmtree, self.root, True)
         createLayout(os.path.join(self.root, "queue"))
 
     def files(self, name):
