@@ -1,7 +1,82 @@
-"""twistd plugin options (placeholder until the service tree lands)."""
+"""
+C{twistd qmail} options.
+
+Listener options take Twisted endpoint strings and may be repeated; with none at all the
+embedded default listens for SMTP on 127.0.0.1:2525.  Per-service settings are written
+C{SERVICE=VALUE}, the service being the listener's name (C{smtp}, C{qmtp}, ...).
+"""
+
 from twisted.python import usage
-from twisted.application import service
+
+from qmailtx.service import LISTENERS, makeQmailService
+
+DEFAULT_ROOT = "./qmail-root"
+DEFAULT_SMTP = "tcp:2525:interface=127.0.0.1"
+
+
+def _serviceValue(option, value, convert=str):
+    name, sep, rest = value.partition("=")
+    if not sep or not name:
+        raise usage.UsageError(f"--{option} takes SERVICE=VALUE, not {value!r}")
+    if name not in LISTENERS:
+        raise usage.UsageError(f"--{option}: unknown service {name!r} "
+                               f"(known: {', '.join(sorted(LISTENERS))})")
+    try:
+        return name, convert(rest)
+    except ValueError:
+        raise usage.UsageError(f"--{option}: bad value {rest!r} for {name}")
+
+
+def _count(text):
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
 class Options(usage.Options):
-    pass
+    synopsis = "[options]"
+    longdesc = ("qmail's mail system in one process.  With no options: root ./qmail-root "
+                "(created on first run), SMTP on 127.0.0.1:2525.")
+
+    optParameters = [
+        ["root", None, DEFAULT_ROOT, "The qmail root (control/, queue/, ...); created if absent."],
+        ["me", None, None, "Host name for control/me when the root is created."],
+    ]
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["listeners"] = []
+        self["rules"] = {}
+        self["maxconn"] = {}
+        self["maxperip"] = {}
+
+    def listen(self, kind, description):
+        self["listeners"].append((kind, description))
+
+    def opt_smtp(self, description):
+        """Listen for SMTP on this endpoint (repeatable), e.g. tcp:25:interface=0.0.0.0"""
+        self.listen("smtp", description)
+
+    def opt_rules(self, value):
+        """SERVICE=PATH: tcprules text file or cdb for that listener (repeatable)"""
+        name, path = _serviceValue("rules", value)
+        self["rules"][name] = path
+
+    def opt_maxconn(self, value):
+        """SERVICE=N: at most N simultaneous connections (tcpserver -c; default 40)"""
+        name, n = _serviceValue("maxconn", value, _count)
+        self["maxconn"][name] = n
+
+    def opt_maxperip(self, value):
+        """SERVICE=N: at most N simultaneous connections from one IP (0 = no limit)"""
+        name, n = _serviceValue("maxperip", value, _count)
+        self["maxperip"][name] = n
+
+    def postOptions(self):
+        if not self["listeners"]:
+            self.listen("smtp", DEFAULT_SMTP)
+
+
 def makeService(options):
-    return service.MultiService()
+    return makeQmailService(options)

@@ -1,0 +1,156 @@
+"""
+The service tree of C{twistd qmail}: the queue, and one listener per endpoint, each behind
+the tcpserver rules layer.
+
+Wires nouns together and decides nothing: protocols come from their modules, policy from
+control files and rules.  A listener kind is a builder in L{LISTENERS} taking
+C{(site, config)} and returning the protocol factory to put behind the rules layer.
+"""
+
+import os
+
+from twisted.application import service
+from twisted.internet import endpoints
+
+from qmailtx import log
+from qmailtx.control import ControlDir
+from qmailtx.envelope import parseRecords
+from qmailtx.ipme import ipme
+from qmailtx.queue import ProgramQueue, Queue, splitName
+from qmailtx.rootdir import createRoot
+from qmailtx.rules import RulesSource
+from qmailtx.smtp import SMTPFactory
+from qmailtx.tcpserver import RulesFactory
+
+DEFAULT_MAXCONN = 40
+"""tcpserver's default concurrency limit (-c 40)."""
+
+
+class Site:
+    """
+    What every listener of one qmail root shares: the root, its controls, its queue.
+    """
+
+    def __init__(self, root, reactor):
+        self.root = os.path.abspath(root)
+        self.reactor = reactor
+        self.controls = ControlDir(os.path.join(self.root, "control"))
+        self.queue = Queue(self.root, reactor)
+        self.queue.addObserver(self.logQueued)
+        self.ipme = ipme()
+
+    def logQueued(self, msgid):
+        """
+        qmail-send's C{new msg}/C{info msg} lines for a message that reached C{todo/}.
+        Stands in until the queue manager preprocesses todo/ and logs them itself.
+        """
+        queueDir = self.queue.queueDir
+        try:
+            with open(os.path.join(queueDir, "todo", str(msgid)), "rb") as f:
+                records = dict(parseRecords(f.read(4096)))
+            size = os.stat(os.path.join(queueDir, "mess", splitName(msgid), str(msgid))).st_size
+        except OSError:
+            return
+        log.newMessage(msgid)
+        log.infoMessage(msgid, size, records.get(b"F", b""),
+                        records.get(b"p", b"?").decode("ascii", "replace"),
+                        records.get(b"u", b"?").decode("ascii", "replace"))
+
+    def programQueue(self, program, env):
+        """
+        The C{QMAILQUEUE} program as a queue, run with the connection's environment (and
+        the daemon's PATH, which qmail-smtpd would have inherited from its supervisor).
+        """
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+        return ProgramQueue(program.encode("utf-8", "surrogateescape"), self.root, env,
+                            self.reactor)
+
+    def defaultRules(self, name):
+        """C{ROOT/rules/NAME.cdb}, else C{ROOT/rules/NAME}, else none (allow everyone)."""
+        for candidate in (name + ".cdb", name):
+            path = os.path.join(self.root, "rules", candidate)
+            if os.path.exists(path):
+                return path
+        return None
+
+
+def buildSMTP(site, config):
+    return SMTPFactory(site.controls, site.queue, site.reactor, site.ipme, site.programQueue)
+
+
+LISTENERS = {"smtp": buildSMTP}
+
+
+class ListenerService(service.Service):
+    """One endpoint: listens in privilegedStartService so low ports bind before shedding root."""
+
+    def __init__(self, kind, description, endpoint, factory):
+        self.kind = kind
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port = None
+        self._listening = None
+
+    def privilegedStartService(self):
+        service.Service.privilegedStartService(self)
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._cbListening, self._ebListening)
+
+    def _cbListening(self, port):
+        self.port = port
+        self.factory.setPort(port)
+        address = port.getHost()
+        log.event(f"{self.kind}: listening on {address.host}:{address.port}")
+        return port
+
+    def _ebListening(self, failure):
+        log.alert(f"cannot start: unable to listen for {self.kind} on {self.description}: "
+                  f"{failure.getErrorMessage()}")
+        from twisted.internet import reactor
+
+        if reactor.running:
+            reactor.stop()
+        return None
+
+    def startService(self):
+        service.Service.startService(self)
+        if self._listening is None:
+            self.privilegedStartService()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        self._listening = None
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+
+
+def makeQmailService(config, reactor=None):
+    """
+    Build the service tree from parsed L{qmailtx.tap.Options}.  Creates the root on first
+    run (the embedded default).
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    root = config["root"]
+    if not os.path.exists(os.path.join(root, "control")):
+        createRoot(root, config.get("me"))
+        log.event(f"created qmail root {os.path.abspath(root)}")
+    site = Site(root, reactor)
+    top = service.MultiService()
+    top.site = site
+    for kind, description in config["listeners"]:
+        factory = LISTENERS[kind](site, config)
+        rulesPath = config["rules"].get(kind) or site.defaultRules(kind)
+        wrapped = RulesFactory(
+            factory,
+            kind,
+            rules=RulesSource(rulesPath) if rulesPath else None,
+            maxConnections=config["maxconn"].get(kind, DEFAULT_MAXCONN),
+            maxPerIP=config["maxperip"].get(kind, 0),
+            reactor=reactor,
+        )
+        endpoint = endpoints.serverFromString(reactor, description)
+        ListenerService(kind, description, endpoint, wrapped).setServiceParent(top)
+    return top

@@ -1,0 +1,259 @@
+"""
+A live `twistd qmail` on 127.0.0.1 driven by smtplib and raw sockets: messages land in
+qmail's queue, rules decide relaying, limits hold (spec/smtp.md, spec/rules.md, queue.md §2).
+"""
+
+import glob
+import os
+import smtplib
+import socket
+import time
+
+import pytest
+
+from qmailtx.envelope import parseEnvelope
+from tests.service.daemon import Daemon
+
+
+def queued(root):
+    """{msgid: (mess bytes, todo bytes)} for everything in todo/."""
+    out = {}
+    for todo in glob.glob(os.path.join(root, "queue", "todo", "*")):
+        msgid = int(os.path.basename(todo))
+        with open(os.path.join(root, "queue", "mess", str(msgid % 23), str(msgid)), "rb") as f:
+            mess = f.read()
+        with open(todo, "rb") as f:
+            out[msgid] = (mess, f.read())
+    return out
+
+
+def envelopeOf(todo):
+    """(sender, recipients) from a todo file (u, p records first)."""
+    records = todo.split(b"\0")
+    sender = next(r[1:] for r in records if r.startswith(b"F"))
+    return sender, [r[1:] for r in records if r.startswith(b"T")]
+
+
+class RawClient:
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(self.buf)
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def closed(self):
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self):
+        self.sock.close()
+
+
+def test_smtplib_message_lands_in_queue(daemon, qmailRoot):
+    """A message sent with smtplib is in todo/ with qmail's two Received lines and envelope."""
+    with smtplib.SMTP("127.0.0.1", daemon.port, local_hostname="client.example") as s:
+        code, banner = s.ehlo()
+        assert code == 250 and b"PIPELINING" in banner and b"8BITMIME" in banner
+        s.sendmail("joe@example.net", ["postmaster@mx.example.com", "bob@elsewhere.org"],
+                   b"Subject: hello\r\n\r\nbody\r\n..dot\r\n")
+    (mess, todo), = queued(str(qmailRoot)).values()
+    assert mess.startswith(b"Received: (qmail ")
+    assert b" invoked from network); " in mess.split(b"\n", 1)[0]
+    second = mess.split(b"\n", 1)[1]
+    assert second.startswith(b"Received: from unknown (HELO client.example) (127.0.0.1)\n"
+                             b"  by 127.0.0.1 with SMTP; ")
+    assert mess.endswith(b"\nSubject: hello\n\nbody\n..dot\n")  # smtplib stuffed it
+    assert envelopeOf(todo) == (b"joe@example.net",
+                                [b"postmaster@mx.example.com", b"bob@elsewhere.org"])
+
+
+def test_250_reply_format(daemon):
+    """250 ok <unix time> qp <qp>, the time being now."""
+    c = RawClient(daemon.port)
+    assert c.line() == b"220 mx.example.com ESMTP"
+    c.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<postmaster@mx.example.com>\r\nDATA\r\n")
+    assert [c.line() for _ in range(3)] == [b"250 ok", b"250 ok", b"354 go ahead"]
+    c.send(b"hi\r\n.\r\n")
+    words = c.line().split()
+    assert words[:2] == [b"250", b"ok"] and words[3] == b"qp"
+    assert abs(int(words[2]) - time.time()) < 5
+    c.close()
+
+
+def test_relay_refused_without_rules(qmailRoot):
+    """A client that no rule gives RELAYCLIENT cannot relay (rules file: deny-free, no relay)."""
+    rules = qmailRoot / "rules" / "smtp"
+    rules.write_text(":allow\n")
+    with Daemon(qmailRoot) as d:
+        with smtplib.SMTP("127.0.0.1", d.port) as s:
+            s.ehlo()
+            s.mail("a@b")
+            assert s.rcpt("x@elsewhere.org")[0] == 553
+            assert s.rcpt("x@mx.example.com")[0] == 250
+
+
+def test_relay_allowed_by_rules_and_appended(qmailRoot):
+    """RELAYCLIENT from a rule allows relaying and its value is appended."""
+    (qmailRoot / "rules" / "smtp").write_text('127.0.0.1:allow,RELAYCLIENT="@fixme"\n:allow\n')
+    with Daemon(qmailRoot) as d:
+        with smtplib.SMTP("127.0.0.1", d.port) as s:
+            s.sendmail("a@b", ["x@elsewhere.org"], b"\r\nhi\r\n")
+    (_, todo), = queued(str(qmailRoot)).values()
+    assert envelopeOf(todo)[1] == [b"x@elsewhere.org@fixme"]
+
+
+def test_deny_rule_closes_silently(qmailRoot):
+    """A deny rule closes the connection without a byte written."""
+    (qmailRoot / "rules" / "smtp").write_text("127.0.0.1:deny\n")
+    with Daemon(qmailRoot) as d:
+        c = RawClient(d.port)
+        assert c.closed()
+
+
+def test_rules_reread_without_restart(qmailRoot):
+    """Editing the rules file changes the next connection's treatment."""
+    rules = qmailRoot / "rules" / "smtp"
+    with Daemon(qmailRoot) as d:
+        c = RawClient(d.port)
+        assert c.line().startswith(b"220 ")
+        c.close()
+        rules.write_text("127.0.0.1:deny\n")
+        st = os.stat(rules)
+        os.utime(rules, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+        time.sleep(1.2)
+        c = RawClient(d.port)
+        assert c.closed()
+
+
+def test_cdb_rules_from_tcprules(qmailRoot, tmp_path):
+    """A cdb compiled by `qmailtx tcprules` works as the listener's rules."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "smtp.rules"
+    src.write_text('127.:allow,RELAYCLIENT=""\n:deny\n')
+    cdb = tmp_path / "smtp.cdb"
+    with open(src, "rb") as f:
+        subprocess.run([sys.executable, "-m", "qmailtx.scripts.main", "tcprules", str(cdb),
+                        str(tmp_path / "smtp.tmp")], stdin=f, check=True)
+    with Daemon(qmailRoot, extra=["--rules", f"smtp={cdb}"]) as d:
+        with smtplib.SMTP("127.0.0.1", d.port) as s:
+            s.ehlo()
+            s.mail("a@b")
+            assert s.rcpt("x@elsewhere.org")[0] == 250
+
+
+@pytest.mark.parametrize("payload", [
+    b"x\r\n.\nRCPT TO:<evil@elsewhere.org>\r\n",
+    b"x\n.\nRCPT TO:<evil@elsewhere.org>\r\n",
+    b"x\n.\r\nRCPT TO:<evil@elsewhere.org>\r\n",
+    b"x\r.\rRCPT TO:<evil@elsewhere.org>\r\n",
+])
+def test_smuggling_vectors_close_with_451(daemon, qmailRoot, payload):
+    """Each smuggling vector gets qmail's bare-LF 451, the connection closes, nothing is queued."""
+    c = RawClient(daemon.port)
+    c.line()
+    c.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<postmaster@mx.example.com>\r\nDATA\r\n")
+    [c.line() for _ in range(3)]
+    c.send(payload + b".\r\nQUIT\r\n")
+    assert c.line() == b"451 See https://cr.yp.to/docs/smtplf.html."
+    assert c.closed()
+    assert queued(str(qmailRoot)) == {}
+
+
+def test_dot_dot_lines_are_data_not_commands(daemon, qmailRoot):
+    """'..' lines and a command-looking line inside DATA stay message text."""
+    c = RawClient(daemon.port)
+    c.line()
+    c.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<postmaster@mx.example.com>\r\nDATA\r\n"
+           b"x\r\n..\r\nRCPT TO:<evil@elsewhere.org>\r\n.\r\nQUIT\r\n")
+    lines = [c.line() for _ in range(5)]
+    assert lines[3].startswith(b"250 ok ") and lines[4] == b"221 mx.example.com"
+    (mess, todo), = queued(str(qmailRoot)).values()
+    assert mess.endswith(b"\nx\n.\nRCPT TO:<evil@elsewhere.org>\n")
+    assert envelopeOf(todo)[1] == [b"postmaster@mx.example.com"]
+
+
+def test_huge_line_and_garbage(daemon):
+    """Garbage gets 502; a command line far over the limit gets 500 and a close."""
+    c = RawClient(daemon.port)
+    c.line()
+    c.send(b"\x00\x01\x02 junk\r\n")
+    assert c.line() == b"502 unimplemented (#5.5.1)"
+    c.send(b"NOOP " + b"A" * 100000 + b"\r\n")
+    assert c.line() == b"500 command line too long (#5.5.2)"
+    assert c.closed()
+
+
+def test_large_message_streams(daemon, qmailRoot):
+    """A 20 MB message with 1 MB lines is queued intact."""
+    line = b"y" * (1024 * 1024)
+    c = RawClient(daemon.port)
+    c.line()
+    c.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<postmaster@mx.example.com>\r\nDATA\r\n")
+    [c.line() for _ in range(3)]
+    for _ in range(20):
+        c.send(line + b"\r\n")
+    c.send(b".\r\n")
+    assert c.line().startswith(b"250 ok ")
+    (mess, _), = queued(str(qmailRoot)).values()
+    assert mess.count(line + b"\n") == 20
+
+
+def test_maxconn_holds_extra_clients_in_backlog(qmailRoot):
+    """At --maxconn the listener stops accepting: the next client gets no banner until a slot frees."""
+    with Daemon(qmailRoot, extra=["--maxconn", "smtp=2"]) as d:
+        a, b = RawClient(d.port), RawClient(d.port)
+        assert a.line().startswith(b"220") and b.line().startswith(b"220")
+        c = RawClient(d.port)
+        c.sock.settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            c.line()
+        a.send(b"QUIT\r\n")
+        a.line()
+        c.sock.settimeout(10)
+        assert c.line().startswith(b"220")
+
+
+def test_maxperip(qmailRoot):
+    """Over --maxperip, a client gets SMTP's 421 and is closed."""
+    with Daemon(qmailRoot, extra=["--maxperip", "smtp=1"]) as d:
+        time.sleep(0.5)  # let the daemon see the start-up probe connection close
+        a = RawClient(d.port)
+        assert a.line().startswith(b"220")
+        b = RawClient(d.port)
+        assert b.line() == b"421 too many connections from your address (#4.3.2)"
+        assert b.closed()
+
+
+def test_stalled_client_does_not_block_others(daemon):
+    """A client that stops mid-DATA does not stop another session."""
+    stalled = RawClient(daemon.port)
+    stalled.line()
+    stalled.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<postmaster@mx.example.com>\r\nDATA\r\npartial")
+    with smtplib.SMTP("127.0.0.1", daemon.port) as s:
+        s.sendmail("a@b", ["postmaster@mx.example.com"], b"\r\nhi\r\n")
+
+
+def test_log_lines(daemon):
+    """The daemon logs qmail-send's new msg / info msg lines for an accepted message."""
+    with smtplib.SMTP("127.0.0.1", daemon.port) as s:
+        s.sendmail("joe@example.net", ["postmaster@mx.example.com"], b"\r\nhi\r\n")
+    deadline = time.time() + 5
+    while time.time() < deadline and "info msg" not in daemon.log():
+        time.sleep(0.1)
+    log = daemon.log()
+    assert "new msg " in log
+    assert "from <joe@example.net> qp " in log
