@@ -104,7 +104,10 @@ def main(argv):
     signal.alarm(DEATH)
     os.umask(0o033)
     try:
-        return enqueue(parseRoot(list(argv[1:])))
+        root = parseRoot(list(argv[1:]))
+        from qmailtx.scripts.qmqpc import nullClient  # null-client mode: control/qmqpservers
+        code = nullClient(root)
+        return enqueue(root) if code is None else code
     except MemoryError:
         return 51
     except Exception:

@@ -413,3 +413,30 @@ def test_qmqpSendNoServers():
     """An empty server list (or only non-IP lines) is exit 55."""
     assert qmqpc.qmqpSend([], b"m", b"s", [b"r"]).exitCode == 55
     assert qmqpc.qmqpSend(["hub.example"], b"m", b"s", [b"r"]).exitCode == 55
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs port 628 (qmail-qmqpc has no port option)")
+def test_queueCommandInNullClientMode(tmp_path):
+    """With control/qmqpservers, `qmailtx queue` is qmail-qmqpc: the message goes to the
+    QMQP server on port 628, exit 0, and nothing is queued locally."""
+    from qmailtx.rootdir import createRoot
+
+    root = str(tmp_path / "client")
+    createRoot(root, "client.example")
+    with open(os.path.join(root, "control", "qmqpservers"), "wb") as f:
+        f.write(b"127.0.0.9\n")
+    fake = FakeQmqpServer(b"11:Kok 1 qp 22,", host="127.0.0.9", port=qmqpc.PORT)
+    r, w = os.pipe()
+    os.write(w, b"Fme@client.example\0Tyou@hub.example\0\0")
+    os.close(w)
+    try:
+        p = subprocess.run([sys.executable, "-m", "qmailtx.scripts.main", "queue", "--root", root],
+                           input=b"Subject: n\n\nnull\n", stdout=r, timeout=60,
+                           env=dict(os.environ, PYTHONPATH=REPO))
+    finally:
+        os.close(r)
+        fake.thread.join(5)
+        fake.close()
+    assert p.returncode == 0
+    assert fake.received == [b"17:Subject: n\n\nnull\n,17:me@client.example,15:you@hub.example,,"]
+    assert queued(root) == []
