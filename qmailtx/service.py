@@ -78,7 +78,19 @@ def buildSMTP(site, config):
     return SMTPFactory(site.controls, site.queue, site.reactor, site.ipme, site.programQueue)
 
 
-LISTENERS = {"smtp": buildSMTP}
+def buildQMTP(site, config):
+    from qmailtx.qmtp import QMTPFactory
+
+    return QMTPFactory(site.queue, site.controls, site.reactor, site.programQueue)
+
+
+def buildQMQP(site, config):
+    from qmailtx.qmqp import QMQPFactory
+
+    return QMQPFactory(site.queue, site.controls, site.reactor, site.programQueue)
+
+
+LISTENERS = {"smtp": buildSMTP, "qmtp": buildQMTP, "qmqp": buildQMQP}
 
 
 class ListenerService(service.Service):

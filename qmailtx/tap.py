@@ -58,6 +58,14 @@ class Options(usage.Options):
         """Listen for SMTP on this endpoint (repeatable), e.g. tcp:25:interface=0.0.0.0"""
         self.listen("smtp", description)
 
+    def opt_qmtp(self, description):
+        """Listen for QMTP on this endpoint (repeatable), e.g. tcp:209"""
+        self.listen("qmtp", description)
+
+    def opt_qmqp(self, description):
+        """Listen for QMQP on this endpoint (repeatable); restrict it with --rules qmqp=..."""
+        self.listen("qmqp", description)
+
     def opt_rules(self, value):
         """SERVICE=PATH: tcprules text file or cdb for that listener (repeatable)"""
         name, path = _serviceValue("rules", value)

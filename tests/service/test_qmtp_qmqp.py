@@ -440,3 +440,32 @@ def test_queueCommandInNullClientMode(tmp_path):
     assert p.returncode == 0
     assert fake.received == [b"17:Subject: n\n\nnull\n,17:me@client.example,15:you@hub.example,,"]
     assert queued(root) == []
+
+
+def test_twistdListeners(qmailRoot):
+    """`twistd qmail --qmtp ... --qmqp ...` serves both beside SMTP; QMQP obeys its own
+    rules file (rules/qmqp: loopback 127.0.0.1 only) while QMTP takes everyone."""
+    from tests.service.daemon import Daemon
+
+    with open(os.path.join(qmailRoot, "rules", "qmqp"), "wb") as f:
+        f.write(QMQP_RULES)
+    daemon = Daemon(qmailRoot, listeners=("smtp", "qmtp", "qmqp")).start()
+    try:
+        sock = connect(daemon.ports["qmtp"], source="127.0.0.2")
+        sock.sendall(qmtpPackage(b"via qmtp\n", b"a@b", [b"me@localhost"]))
+        assert readNetstring(sock).startswith(b"Kok ")
+        sock.close()
+        sock = connect(daemon.ports["qmqp"])
+        sock.sendall(qmqpPackage(b"via qmqp\n", b"a@b", [b"anyone@far.example"]))
+        assert readNetstring(sock).startswith(b"Kok ")
+        sock.close()
+        sock = connect(daemon.ports["qmqp"], source="127.0.0.2")
+        try:
+            sock.sendall(qmqpPackage(b"denied\n", b"a@b", [b"x@y"]))
+            assert readAll(sock) == b""
+        except ConnectionResetError:
+            pass
+        bodies = sorted(m.split(b"\n", 3)[3] for m, s, r in queued(str(qmailRoot)))
+        assert bodies == [b"via qmqp\n", b"via qmtp\n"]
+    finally:
+        daemon.stop()
