@@ -117,6 +117,7 @@ class PackageServer(Protocol):
 
     def _abortWriter(self):
         writer, self._writer = self._writer, None
+        self._resume("queue")
         if writer is not None:
             writer.abort()
 
@@ -180,6 +181,7 @@ class PackageServer(Protocol):
         queue's D/Z text.  Input is held until then, so replies keep their order.
         """
         writer, self._writer = self._writer, None
+        self._resume("queue")
         d = writer.commit(sender, recipients)
         d.addCallbacks(self._cbCommitted, _queueReport, callbackArgs=(writer,))
         d.addCallback(respond)
@@ -210,7 +212,7 @@ class _QueuePause:
         self._server._resume("queue")
 
     def stopProducing(self):
-        pass
+        self._server._resume("queue")
 
 
 def _queueReport(failure):

@@ -384,3 +384,18 @@ def test_largeMessageStreamed():
     [w] = queue.committed
     assert w.data == RECEIVED + body
     assert max(len(c) for c in w.chunks) <= 65536
+
+
+def test_queuePauseEndsWithWriter():
+    """A writer that paused us and then ends (its program gone, or the message done) does
+    not leave the socket paused."""
+    proto, tr, queue, clock = server()
+    proto.dataReceived(package(b"x" * 100)[:50])
+    queue.writers[0].producer.pauseProducing()
+    assert tr.producerState == "paused"
+    queue.writers[0].producer.stopProducing()
+    assert tr.producerState == "producing"
+    queue.writers[0].producer.pauseProducing()
+    proto.dataReceived(package(b"x" * 100)[50:])
+    assert tr.producerState == "producing"
+    assert tr.value() == OK
