@@ -170,8 +170,11 @@ class Queue:
     """
     qmail-queue inside the daemon: C{begin()} a message, stream it in, C{commit()} it.
 
-    Directory fsyncs of concurrent commits are grouped: while one batch of C{todo/}
-    links is being made durable, the next batch gathers.
+    Like qmail, this relies on the filesystem committing the C{mess/} and C{intd/} links
+    no later than the C{todo/} link (ext4's journal does); unlike qmail it also fsyncs
+    C{todo/}, so a reported success survives power loss.  Directory fsyncs of concurrent
+    commits are grouped: while one batch of C{todo/} links is being made durable, the
+    next batch gathers.
 
     @ivar queueDir: C{<root>/queue} (C{str}).
     """
@@ -229,7 +232,12 @@ class Queue:
             fd, pidPath = self._openPid(qp, int(now))
         except _Trouble as t:
             raise _failureFor(t.code)
-        msgid = os.fstat(fd).st_ino
+        try:
+            msgid = os.fstat(fd).st_ino
+        except OSError:
+            os.close(fd)
+            _discard(pidPath)
+            raise _failureFor(63)
         messPath = os.path.join(self.queueDir, "mess", splitName(msgid), str(msgid))
         try:
             os.link(pidPath, messPath)
@@ -280,6 +288,7 @@ class Queue:
     def _batchDone(self, codes, batch):
         self._linking = False
         if not isinstance(codes, list):
+            _log.failure("linking todo/ failed", codes)
             codes = [81] * len(batch)
         for (writer, d), code in zip(batch, codes):
             if code is None:
