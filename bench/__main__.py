@@ -1,0 +1,9 @@
+"""
+C{python -m bench}.
+"""
+
+import sys
+
+from bench.run import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""
+qmailtx under C{twistd -n qmail}, from this checkout.
+
+The root comes from C{qmailtx init ROOT --me bench.local}, whose control/rcpthosts already
+lists bench.local, so the bench's recipient is accepted without relaying.  Accepted messages
+stay in ROOT/queue.  Writes only below its peer directory.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.peers import BENCH_DOMAIN, Peer, countFiles, registerPeer
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+#: tcpserver -c for the listener: above the 10,000 simultaneous connections the bench holds.
+MAX_CONNECTIONS = 20000
+#: listen(2) backlog; the kernel caps it at net.core.somaxconn.
+BACKLOG = 1024
+
+
+@registerPeer
+class QmailtxPeer(Peer):
+    name = "qmailtx"
+    description = "twistd -n qmail (this checkout), queue only"
+
+    def missing(self):
+        if not (CHECKOUT / "twisted" / "plugins" / "qmailtx_plugin.py").exists():
+            return f"no qmailtx twistd plugin in {CHECKOUT}"
+        return None
+
+    def version(self):
+        try:
+            return subprocess.run(["git", "-C", str(CHECKOUT), "describe", "--always", "--dirty"],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    def _env(self):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(CHECKOUT), env.get("PYTHONPATH")]))
+        return env
+
+    def prepare(self, port):
+        root = self.directory / "root"
+        subprocess.run([sys.executable, "-c", "from qmailtx.scripts.main import run; run()",
+                        "init", str(root), "--me", BENCH_DOMAIN],
+                       env=self._env(), check=True, capture_output=True)
+        rcpthosts = root / "control" / "rcpthosts"
+        if BENCH_DOMAIN not in rcpthosts.read_text().split():
+            with open(rcpthosts, "a") as f:
+                f.write(BENCH_DOMAIN + "\n")
+
+    def command(self, port):
+        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", "qmail", "--root", str(self.directory / "root"),
+                "--smtp", f"tcp:{port}:interface=127.0.0.1:backlog={BACKLOG}",
+                "--maxconn", f"smtp={MAX_CONNECTIONS}"]
+        return argv, self._env()
+
+    def storedCount(self):
+        return countFiles(self.directory / "root" / "queue" / "mess")
