@@ -221,40 +221,48 @@ class Queue:
             except Exception:
                 _log.failure("queue observer failed")
 
-    def begin(self, how):
+    def begin(self, how, eager=False):
         """
-        Start a message (qmail-queue steps 2–3 and the Received line): a C{pid/} file,
-        linked to C{mess/<id%23>/<id>}.  Raises L{TempFailure} if the queue is unusable.
+        Start a message: allocate its qp and write the Received line (into memory).
+
+        The files of qmail-queue steps 2–3 (a C{pid/} file linked to
+        C{mess/<id%23>/<id>}) are made when the first buffer's worth must reach disk, which
+        for most messages is inside L{QueueWriter.commit} on a worker thread: creating
+        files contends with other threads' fsyncs for the journal, and the reactor thread
+        must not wait for that.  Trouble then surfaces as the commit's failure.
+        C{eager} makes the files at once, as the C{qmail-queue} command must (its exit code
+        tells which step failed); then begin() raises L{TempFailure} on trouble.
         """
         qp = next(self._qps)
         now = self._seconds()
-        try:
-            fd, pidPath = self._openPid(qp, int(now))
-        except _Trouble as t:
-            raise _failureFor(t.code)
-        try:
-            msgid = os.fstat(fd).st_ino
-        except OSError:
-            os.close(fd)
-            _discard(pidPath)
-            raise _failureFor(63)
+        writer = QueueWriter(self, qp, int(now))
+        if eager:
+            try:
+                writer._ensureFile()
+            except _Trouble as t:
+                raise _failureFor(t.code)
+        writer.write(receivedLine(qp, how, now))
+        return writer
+
+    def _createMess(self, qp, now):
+        """qmail-queue steps 2–3: returns C{(msgid, fd)}; raises L{_Trouble}."""
+        fd, pidPath = self._openPid(qp, now)
+        msgid = os.fstat(fd).st_ino
         messPath = os.path.join(self.queueDir, "mess", splitName(msgid), str(msgid))
         try:
             os.link(pidPath, messPath)
         except OSError:
             os.close(fd)
             _discard(pidPath)
-            raise _failureFor(64)
+            raise _Trouble(64)
         try:
             os.unlink(pidPath)
         except OSError:
             os.close(fd)
             _discard(messPath)
             _discard(pidPath)
-            raise _failureFor(63)
-        writer = QueueWriter(self, qp, msgid, fd)
-        writer.write(receivedLine(qp, how, now))
-        return writer
+            raise _Trouble(63)
+        return msgid, fd
 
     def _openPid(self, qp, now):
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -331,16 +339,24 @@ class QueueWriter:
     @ivar msgid: the inode of C{mess/<id%23>/<id>}, the message's id.
     """
 
-    def __init__(self, queue, qp, msgid, fd):
+    def __init__(self, queue, qp, born):
         self._queue = queue
         self.qp = qp
-        self.msgid = msgid
-        self._fd = fd
+        self._born = born
+        self.msgid = None
+        self._fd = None
         self._buffer = bytearray()
         self._writeFailed = False
         self._state = "open"
         self._madeIntd = False
-        self._messPath = os.path.join(queue.queueDir, "mess", splitName(msgid), str(msgid))
+        self._messPath = None
+
+    def _ensureFile(self):
+        """Create C{mess/<id%23>/<id>} if not yet done; raises L{_Trouble}."""
+        if self._fd is None and self.msgid is None:
+            self.msgid, self._fd = self._queue._createMess(self.qp, self._born)
+            self._messPath = os.path.join(
+                self._queue.queueDir, "mess", splitName(self.msgid), str(self.msgid))
 
     def write(self, data):
         """Append message bytes; buffered, so cheap on the reactor thread."""
@@ -352,9 +368,10 @@ class QueueWriter:
 
     def _flush(self):
         try:
+            self._ensureFile()
             _writeAll(self._fd, self._buffer)
-        except OSError:
-            self._writeFailed = True
+        except (OSError, _Trouble) as e:
+            self._writeFailed = getattr(e, "code", 53)
         del self._buffer[:]
 
     def registerProducer(self, producer, streaming):
@@ -411,10 +428,11 @@ class QueueWriter:
     def _prepare(self, todo):
         """qmail-queue steps 4–5: message written and fsync'd, C{intd/<id>} written and fsync'd."""
         try:
+            self._ensureFile()
             if self._buffer:
                 self._flush()
             if self._writeFailed:
-                raise _Trouble(53)
+                raise _Trouble(self._writeFailed)
             try:
                 os.fsync(self._fd)
             except OSError:
@@ -463,7 +481,8 @@ class QueueWriter:
         """Remove the partial files (intd before mess, so no state outside qmail's table)."""
         if self._madeIntd:
             _discard(self._queue._path("intd", self.msgid))
-        _discard(self._messPath)
+        if self._messPath is not None:
+            _discard(self._messPath)
 
     def abort(self):
         """Drop the message (client gone, too big, refused): its files are removed."""
@@ -471,6 +490,8 @@ class QueueWriter:
             return
         self._state = "aborted"
         del self._buffer[:]
+        if self._fd is None and self._messPath is None:
+            return
         d = self._queue._blocking(self._closeAndCleanup)
         d.addErrback(lambda f: None)
 

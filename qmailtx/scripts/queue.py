@@ -59,7 +59,7 @@ def enqueue(root, messageFd=0, envelopeFd=1):
     if not (os.path.isdir("queue") and os.access("queue", os.X_OK)):
         return 62
     try:
-        writer = Queue(".", runBlocking=_syncRun).begin(b"by uid %d" % os.getuid())
+        writer = Queue(".", runBlocking=_syncRun).begin(b"by uid %d" % os.getuid(), eager=True)
     except (TempFailure, PermFailure) as f:
         return _exitCode(f, 63)
     code = _copyMessage(writer, messageFd)

@@ -69,7 +69,7 @@ def test_commitSyncFiles(root):
 def test_qpUniqueIncreasing(root):
     """Each begin() gets a larger qp, and distinct messages get distinct ids."""
     q = makeQueue(root)
-    writers = [q.begin(b"by uid 5") for _ in range(3)]
+    writers = [q.begin(b"by uid 5", eager=True) for _ in range(3)]
     assert [w.qp for w in writers] == sorted(set(w.qp for w in writers))
     assert len({w.msgid for w in writers}) == 3
     for w in writers:
@@ -137,10 +137,16 @@ def test_diskFull(root, monkeypatch):
 
 
 def test_queueMissing(tmp_path):
-    """Without a queue directory begin() raises qmail's 'trouble creating files' failure."""
+    """Without a queue directory an eager begin() raises qmail's 'trouble creating files'
+    failure, and a lazy one's commit fails with the same text."""
     q = makeQueue(str(tmp_path))
     with pytest.raises(TempFailure) as e:
-        q.begin(b"from network")
+        q.begin(b"from network", eager=True)
+    assert e.value.text == b"qq trouble creating files in queue (#4.3.0)"
+    w = q.begin(b"from network")
+    w.write(b"x\n")
+    with pytest.raises(TempFailure) as e:
+        w.commitSync(b"a@b", [b"c@d"])
     assert e.value.text == b"qq trouble creating files in queue (#4.3.0)"
 
 
@@ -151,8 +157,8 @@ def test_pidSeqExhausted(root):
     for seq in range(1, 10):
         open(os.path.join(root, "queue", "pid", "%d.%d.%d" % (qp, NOW, seq)), "w").close()
     with pytest.raises(TempFailure):
-        q.begin(b"from network")
-    w = q.begin(b"from network")
+        q.begin(b"from network", eager=True)
+    w = q.begin(b"from network", eager=True)
     assert w.qp == qp + 1
     w.abort()
 
