@@ -1,0 +1,209 @@
+"""
+Server TLS from C{control/servercert.pem} (spec/smtp.md §8), for every listener that speaks
+TLS (SMTP STARTTLS, SMTPS, POP3 STLS/POP3S).
+
+The PEM holds the private key and the certificate chain in one file, as qmail-tls keeps it.
+L{ServerTLS} builds an OpenSSL context from it (TLS 1.2 or newer, forward-secret AEAD ciphers
+unless C{TLSCIPHERS}/C{control/tlsserverciphers} say otherwise) and rebuilds it when the file
+changes, so replacing the certificate takes effect on the next handshake without a restart; a
+broken replacement is logged and the previous context kept.  L{selfSignedPEM} makes the
+certificate that C{qmailtx init} installs.
+
+Writes only in L{writeSelfSigned} (temp, fsync, rename).  Must not import protocols.
+"""
+
+import datetime
+import os
+import re
+
+from OpenSSL import SSL
+from zope.interface import implementer
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+
+from qmailtx import log
+
+PEM_LIMIT = 1024 * 1024
+"""Largest servercert.pem read: a key and a long chain are a few KiB."""
+
+CONTEXT_CACHE_LIMIT = 16
+"""Distinct cipher strings (from per-connection C{TLSCIPHERS}) kept with a built context."""
+
+DEFAULT_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
+"""TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3 suites are all of that already)."""
+
+_OPTIONS = (SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
+            | getattr(SSL, "OP_NO_RENEGOTIATION", 0))
+
+_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.S)
+
+
+class TLSSetupError(Exception):
+    """No usable context: the reason goes into C{454 TLS <reason> (#4.3.0)}."""
+
+
+def _pemBlocks(pem):
+    keys, certs = [], []
+    for match in _BLOCK.finditer(pem):
+        kind = match.group(1)
+        if kind.endswith(b"PRIVATE KEY"):
+            keys.append(match.group(0))
+        elif kind in (b"CERTIFICATE", b"TRUSTED CERTIFICATE"):
+            certs.append(match.group(0))
+    return keys, certs
+
+
+def buildContext(pem, ciphers=None):
+    """
+    An C{SSL.Context} serving the key and chain in C{pem} (bytes); raises L{TLSSetupError}
+    if the PEM lacks a key or certificate, they do not match, or C{ciphers} selects nothing.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    keys, certs = _pemBlocks(pem)
+    if not keys or not certs:
+        raise TLSSetupError(b"missing key or certificate")
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(_OPTIONS)
+    try:
+        ctx.use_privatekey(load_pem_private_key(keys[0], None))
+        ctx.use_certificate(x509.load_pem_x509_certificate(certs[0]))
+        for extra in certs[1:]:
+            ctx.add_extra_chain_cert(x509.load_pem_x509_certificate(extra))
+        ctx.check_privatekey()
+    except (ValueError, TypeError, SSL.Error):
+        raise TLSSetupError(b"unable to load certificate")
+    try:
+        ctx.set_cipher_list(ciphers or DEFAULT_CIPHERS)
+    except SSL.Error:
+        raise TLSSetupError(b"cipher list selects no cipher")
+    ctx.set_session_id(b"qmailtx")
+    return ctx
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """
+    The TLS server side of one PEM file: a connection creator for C{startTLS} and
+    C{TLSMemoryBIOFactory} whose context follows the file.
+
+    @ivar path: the PEM file (str).
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._ident = None
+        self._pem = None
+        self._contexts = {}
+        self._current = None
+
+    def _readIfChanged(self):
+        """Load the PEM again if its inode, size or times changed; keep the old one if bad."""
+        try:
+            st = os.stat(self.path)
+            ident = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+            if ident == self._ident:
+                return
+            with open(self.path, "rb") as f:
+                pem = f.read(PEM_LIMIT + 1)
+            self._ident = ident
+            if len(pem) > PEM_LIMIT:
+                raise TLSSetupError(b"certificate file too large")
+            if pem == self._pem:
+                return
+            buildContext(pem)
+        except (OSError, TLSSetupError) as e:
+            if isinstance(e, OSError):
+                e = TLSSetupError(b"unable to read certificate: "
+                                  + (e.strerror or "error").encode())
+            if self._pem is None:
+                raise e
+            log.warning(f"tls: {self.path} is not usable, keeping the previous one: "
+                        f"{e.args[0].decode()}")
+            return
+        self._pem = pem
+        self._contexts = {}
+
+    def context(self, ciphers=None):
+        """
+        The current C{SSL.Context} for C{ciphers} (bytes or C{None} for the default), after
+        re-reading the PEM if it changed; raises L{TLSSetupError}.  The next
+        L{serverConnectionForTLS} uses the context returned here.
+        """
+        self._readIfChanged()
+        ctx = self._contexts.get(ciphers)
+        if ctx is None:
+            ctx = buildContext(self._pem, ciphers)
+            if len(self._contexts) >= CONTEXT_CACHE_LIMIT:
+                self._contexts.clear()
+            self._contexts[ciphers] = ctx
+        self._current = ctx
+        return ctx
+
+    def serverConnectionForTLS(self, protocol):
+        ctx = self._current
+        if ctx is None:
+            ctx = self.context()
+        self._current = None
+        return SSL.Connection(ctx, None)
+
+
+class ContextCache:
+    """One L{ServerTLS} per PEM path, so every connection of a listener shares the contexts."""
+
+    def __init__(self):
+        self._byPath = {}
+
+    def get(self, path):
+        tls = self._byPath.get(path)
+        if tls is None:
+            tls = self._byPath[path] = ServerTLS(path)
+        return tls
+
+
+def selfSignedPEM(hostname, now=None, days=3650):
+    """
+    A new P-256 key and a self-signed certificate for C{hostname} (bytes), as one PEM: what
+    C{qmailtx init} installs so STARTTLS works before a real certificate is bought.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    name = hostname.decode("ascii", "replace")
+    key = ec.generate_private_key(ec.SECP256R1())
+    if now is None:
+        now = datetime.datetime.now(datetime.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ) + cert.public_bytes(serialization.Encoding.PEM)
+
+
+def writeSelfSigned(path, hostname):
+    """Install L{selfSignedPEM} at C{path}, mode 0600 (it holds the private key)."""
+    pem = selfSignedPEM(hostname)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
