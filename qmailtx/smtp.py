@@ -6,7 +6,8 @@ PIPELINING with replies strictly in order, and the DATA phase streamed into a qu
 through L{qmailtx.smtpdata.DataReader}.  Policy decisions are the pure functions of
 L{qmailtx.address}; control files arrive as an L{SmtpControls} snapshot from the factory; the
 queue is whatever the factory hands out (the in-process queue, or the C{QMAILQUEUE}
-program).  Never reads queue directories, never delivers.
+program).  STARTTLS, SMTPS and AUTH (§7–8) come from the mixins of L{qmailtx.smtpsecure}.
+Never reads queue directories, never delivers.
 """
 
 from twisted.internet import defer
@@ -16,6 +17,7 @@ from qmailtx import address, log
 from qmailtx.control import ControlError
 from qmailtx.results import TempFailure, smtpReply
 from qmailtx.smtpdata import HOP_LIMIT, BareLineFeed, DataReader
+from qmailtx.smtpsecure import SecureFactory, SecureSession
 
 COMMAND_LINE_LIMIT = 4096
 """Bytes of one command line before the client is cut off: far above qmail's 900-byte
@@ -38,7 +40,7 @@ def _envBytes(env, name):
     return None if value is None else value.encode("utf-8", "surrogateescape")
 
 
-class SMTPServer(Protocol):
+class SMTPServer(SecureSession, Protocol):
     """
     One SMTP session.  C{env} (the tcpserver environment: TCPREMOTEIP, RELAYCLIENT,
     DATABYTES, QMAILQUEUE, ...) is set by the rules layer before the connection is made.
@@ -86,6 +88,8 @@ class SMTPServer(Protocol):
         self.writer = None
         self.reader = None
         self.transport.registerProducer(self, True)
+        if not self.startSecurity():
+            return
         factory.timeouts.watch(self)
         self.transport.write(b"220 " + c.greeting + b" ESMTP\r\n")
 
@@ -146,6 +150,8 @@ class SMTPServer(Protocol):
             self._command(line)
 
     def _command(self, line):
+        if self.sasl is not None:
+            return self.saslLine(line)
         sp = line.find(b" ")
         if sp < 0:
             verb, arg = line, b""
@@ -179,6 +185,9 @@ class SMTPServer(Protocol):
         if self._state != _CLOSED:
             self._fatal(b"451 timeout (#4.4.2)\r\n")
 
+    def _isClosed(self):
+        return self._state == _CLOSED
+
     def connectionLost(self, reason):
         self._state = _CLOSED
         self._abortWriter()
@@ -205,8 +214,10 @@ class SMTPServer(Protocol):
         self._setHelo(arg)
         self.transport.write(b"".join((
             b"250-", self._greeting(), b"\r\n",
+            self.ehloTLSLines(),
             b"250-PIPELINING\r\n",
             b"250-8BITMIME\r\n",
+            self.ehloAuthLines(),
             b"250 SIZE %d\r\n" % self.databytes,
         )))
 
@@ -214,6 +225,9 @@ class SMTPServer(Protocol):
         return address.parseAddress(arg, self.factory.ipme, self.controls.localiphost)
 
     def do_MAIL(self, arg):
+        refused = self.mailRefused()
+        if refused is not None:
+            return self.reply(refused)
         parsed = self._parse(arg)
         if parsed is None:
             return self.reply(b"555 syntax error (#5.5.4)")
@@ -282,10 +296,6 @@ class SMTPServer(Protocol):
             self.proto(),
             self.factory.clock.seconds(),
         )
-
-    def proto(self):
-        """The C{with} word of the Received line."""
-        return b"SMTP"
 
     def _dataSink(self, text):
         if self._tooBig:
@@ -366,7 +376,7 @@ class SMTPServer(Protocol):
         self._close()
 
 
-class SMTPFactory(Factory):
+class SMTPFactory(SecureFactory, Factory):
     """
     Shared state of one SMTP listener: controls, queue, ipme, the idle-timeout wheel.
 

@@ -1,0 +1,252 @@
+"""
+The STARTTLS/SMTPS and SMTP AUTH side of the SMTP session (spec/smtp.md §7–8), as mixins
+for L{qmailtx.smtp.SMTPServer} and L{qmailtx.smtp.SMTPFactory}.
+
+Owns: the TLS switch (discarding plaintext pipelined behind STARTTLS and resetting HELO,
+transaction and AUTH, so no command crosses the switch), implicit TLS before the banner,
+the AUTH verb and its exchange lines, the checkpassword call (input held meanwhile, like a
+DATA commit), the delayed C{535}, and what a login changes (relaying, TCPREMOTEINFO, the
+Received PROTO word).  Pure rules come from L{qmailtx.smtpauth}; contexts from
+L{qmailtx.tls}.  Writes nothing; must not import the queue or read control files beyond
+C{tlsserverciphers}.
+"""
+
+import itertools
+import os
+
+from qmailtx import checkpassword as cpw, log, smtpauth
+from qmailtx.control import ControlError
+from qmailtx.results import TempFailure
+from qmailtx.tls import ContextCache, TLSSetupError
+
+STARTTLS_ARGUMENT = b"501 Syntax error (no parameters allowed) (#5.5.4)"
+UNIMPLEMENTED = b"502 unimplemented (#5.5.1)"
+READY = b"220 ready for tls"
+
+
+class SecureFactory:
+    """
+    Listener-wide TLS and AUTH settings; the service sets them after construction.
+
+    @ivar defaultEnv: variables a connection gets unless its rules set them (a submission
+        listener has C{SMTPAUTH="!"}, an SMTPS one also C{SMTPS="1"}).
+    @ivar checkpassword: argv (bytes) of the checkpassword program, or C{None}: no AUTH.
+    @ivar checker: L{qmailtx.checkpassword.checkPassword} or a stand-in with its signature.
+    @ivar authThrottle: a L{smtpauth.AuthThrottle}, shared by the listeners of one site.
+    """
+
+    defaultEnv = {}
+    checkpassword = None
+    checker = staticmethod(cpw.checkPassword)
+    checkTimeout = cpw.CHECK_TIMEOUT
+    authThrottle = None
+    tlsContexts = None
+    _serials = None
+
+    def serverTLS(self, path):
+        if self.tlsContexts is None:
+            self.tlsContexts = ContextCache()
+        return self.tlsContexts.get(path)
+
+    def throttle(self):
+        if self.authThrottle is None:
+            self.authThrottle = smtpauth.AuthThrottle(self.clock)
+        return self.authThrottle
+
+    def nextSerial(self):
+        """A number unique within this listener, the PID part of CRAM-MD5 challenges."""
+        if self._serials is None:
+            self._serials = itertools.count(os.getpid() * 100000)
+        return next(self._serials)
+
+
+class SecureSession:
+    """
+    TLS and AUTH state of one session.  The host provides C{env}, C{controls}, C{factory},
+    C{transport}, C{reply}, C{_block}/C{_unblock}, C{_resetTransaction}, C{sender},
+    C{helo}, C{relayclient}, C{_buffer} and C{_isClosed()}.
+    """
+
+    tlsActive = False
+    authUser = None
+    authPolicy = None
+    authRequired = False
+    sasl = None
+    authFailures = 0
+    _plainEnv = None
+
+    def startSecurity(self):
+        """
+        Apply the listener's default env, decide AUTH, and start implicit TLS (env C{SMTPS})
+        so that the banner is the first thing said under encryption.
+        @return: C{False} if the connection was dropped instead.
+        """
+        env = self.env
+        for name, value in self.factory.defaultEnv.items():
+            env.setdefault(name, value)
+        policy = smtpauth.authPolicy(env.get("SMTPAUTH"))
+        if policy is not None:
+            self.authRequired = policy.required
+            if self.factory.checkpassword is not None:
+                self.authPolicy = policy
+        if not env.get("SMTPS"):
+            return True
+        try:
+            creator = self._tlsCreator()
+        except TLSSetupError as e:
+            log.warning(f"smtp: SMTPS without TLS, dropping connection: {e.args[0].decode()}")
+            self._close()
+            return False
+        self.tlsActive = True
+        self.transport.startTLS(creator)
+        return True
+
+    def _tlsCreator(self):
+        """The connection creator for this session; raises L{TLSSetupError}."""
+        path = self.controls.tlsCert
+        if path is None:
+            raise TLSSetupError(b"missing certificate")
+        ciphers = self.env.get("TLSCIPHERS")
+        if ciphers:
+            ciphers = ciphers.encode("utf-8", "surrogateescape")
+        else:
+            try:
+                ciphers = self.factory.controlDir.line("tlsserverciphers")
+            except ControlError:
+                raise TLSSetupError(b"unable to read control/tlsserverciphers")
+        tls = self.factory.serverTLS(path)
+        tls.context(ciphers or None)
+        return tls
+
+    def _authOffered(self):
+        return self.authPolicy is not None and (
+            self.tlsActive or smtpauth.plaintextAuthAllowed(self.env))
+
+    def ehloTLSLines(self):
+        """EHLO lines right after the greeting: STARTTLS while it can still be used."""
+        if self.tlsActive or self.controls.tlsCert is None:
+            return b""
+        return b"250-STARTTLS\r\n"
+
+    def ehloAuthLines(self):
+        if not self._authOffered():
+            return b""
+        return self.authPolicy.ehloLine() + b"\r\n"
+
+    def mailRefused(self):
+        """The reply refusing MAIL for want of AUTH, or C{None}."""
+        if self.authRequired and self.authUser is None:
+            return smtpauth.REQUIRED
+        return None
+
+    def proto(self):
+        """The C{with} word of the Received line: SMTP, ESMTPA, ESMTPS or ESMTPSA."""
+        if self.tlsActive:
+            return b"ESMTPSA" if self.authUser is not None else b"ESMTPS"
+        return b"ESMTPA" if self.authUser is not None else b"SMTP"
+
+    # -- STARTTLS ------------------------------------------------------------
+
+    def do_STARTTLS(self, arg):
+        if self.tlsActive or self.controls.tlsCert is None:
+            return self.reply(UNIMPLEMENTED)
+        if arg:
+            return self.reply(STARTTLS_ARGUMENT)
+        try:
+            creator = self._tlsCreator()
+        except TLSSetupError as e:
+            return self.reply(b"454 TLS " + e.args[0] + b" (#4.3.0)")
+        self.reply(READY)
+        self._buffer = b""
+        self._resetSession()
+        self.tlsActive = True
+        self.transport.startTLS(creator)
+
+    def _resetSession(self):
+        """Forget everything said in plaintext: HELO, the transaction, AUTH."""
+        self._resetTransaction()
+        self.helo = None
+        self.sasl = None
+        if self._plainEnv is not None:
+            self.env.clear()
+            self.env.update(self._plainEnv)
+            self._plainEnv = None
+            relay = self.env.get("RELAYCLIENT")
+            self.relayclient = None if relay is None else relay.encode("utf-8", "surrogateescape")
+        self.authUser = None
+
+    # -- AUTH ----------------------------------------------------------------
+
+    def do_AUTH(self, arg):
+        if self.authPolicy is None:
+            return self.reply(smtpauth.NOT_AVAILABLE)
+        if not self._authOffered():
+            return self.reply(smtpauth.NEEDS_TLS)
+        if self.authUser is not None:
+            return self.reply(smtpauth.ALREADY)
+        if self.sender is not None:
+            return self.reply(smtpauth.IN_TRANSACTION)
+        local = self.env.get("TCPLOCALHOST") or self.env.get("TCPLOCALIP") or "unknown"
+        challenge = smtpauth.cramChallenge(self.factory.nextSerial(),
+                                           self.factory.clock.seconds(),
+                                           local.encode("utf-8", "surrogateescape"))
+        step, exchange = smtpauth.startExchange(arg, self.authPolicy, challenge)
+        self._authStep(step, exchange)
+
+    def saslLine(self, line):
+        """A client line inside an AUTH exchange (never a command)."""
+        self._authStep(self.sasl.respond(line), self.sasl)
+
+    def _authStep(self, step, exchange):
+        if isinstance(step, smtpauth.Challenge):
+            self.sasl = exchange
+            return self.reply(step.line)
+        self.sasl = None
+        if isinstance(step, smtpauth.Done):
+            return self.reply(step.line)
+        self._block()
+        env = {k.encode(): v.encode("utf-8", "surrogateescape") for k, v in self.env.items()}
+        d = self.factory.checker(self.factory.clock, self.factory.checkpassword, step.user,
+                                 step.password, step.challenge, self.factory.checkTimeout, env)
+        d.addCallbacks(self._cbAuth, self._ebAuth, callbackArgs=(step.user,),
+                       errbackArgs=(step.user,))
+
+    def _cbAuth(self, who, user):
+        if self._isClosed():
+            return
+        env = self.env
+        if self._plainEnv is None:
+            self._plainEnv = dict(env)
+        text = user.decode("utf-8", "surrogateescape")
+        env["RELAYCLIENT"] = ""
+        env["TCPREMOTEINFO"] = text
+        env["SMTPAUTHUSER"] = text
+        self.relayclient = b""
+        self.authUser = user
+        log.event(f"smtp: auth ok {log.logsafe(user)} from {env.get('TCPREMOTEIP', 'unknown')}")
+        self.reply(smtpauth.AUTH_OK)
+        self._unblock()
+
+    def _ebAuth(self, failure, user):
+        if self._isClosed():
+            return
+        error = failure.value
+        ip = self.env.get("TCPREMOTEIP", "unknown")
+        if isinstance(error, cpw.Refused):
+            self.authFailures += 1
+            delay = self.factory.throttle().failed(ip, self.authFailures)
+            log.event(f"smtp: auth failed {log.logsafe(user)} from {ip}")
+            self.factory.clock.callLater(delay, self._authAnswer, smtpauth.FAILED)
+            return
+        if isinstance(error, TempFailure) and error.text == cpw.NO_FORK:
+            text = smtpauth.CHILD_WONT_START
+        else:
+            text = smtpauth.CHILD_PROBLEM
+        log.warning(f"smtp: auth: checkpassword: {failure.getErrorMessage()}")
+        self._authAnswer(text)
+
+    def _authAnswer(self, text):
+        if self._isClosed():
+            return
+        self.reply(text)
+        self._unblock()
