@@ -1,0 +1,480 @@
+"""
+The SMTP client: qmail-remote's dialogue and report texts (spec/remote.md §4-5, §7) on a
+Twisted protocol of our own (DESIGN.md §2: not twisted.mail's ESMTPSender).
+
+L{SMTPClient} only moves bytes: it writes command lines, parses replies the way
+qmail-remote's C{smtpcode()} does (L{ReplyParser}), streams the message through
+L{qmailtx.encoder}, and times out each read and write after C{timeoutremote}.  The
+dialogue (L{openSession}, L{transaction}) sits on top and turns replies into qmail-remote's
+recipient reports (C{r}/C{h}/C{s}) and message report (C{K}/C{Z}/C{D}); beyond qmail it
+speaks EHLO (HELO fallback), STARTTLS, SIZE, PIPELINING and AUTH PLAIN/LOGIN (only over
+TLS).  Knows nothing of DNS, routes or the queue; reads the queue file it is handed.
+"""
+
+import base64
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import TimeoutMixin
+
+from qmailtx.encoder import MessageStreamer, PartialFinalLine, SMTPEncoder, PARTIAL_LINE
+
+REPLY_TEXT_LIMIT = 5000
+"""Bytes of a reply kept for reports: qmail-remote's HUGESMTPTEXT."""
+
+REPLY_LIMIT = 1024 * 1024
+"""Bytes of one reply read at all before the server is taken to be broken (qmail has no
+bound; this one keeps a server that never ends a multi-line reply from holding us)."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One complete server reply: C{code} as qmail computes it, C{text} without CRs."""
+
+    code: int
+    text: bytes
+
+
+class ReplyTooLong(Exception):
+    """The server sent more than L{REPLY_LIMIT} bytes without ending its reply."""
+
+
+class ReplyParser:
+    """
+    qmail-remote's C{smtpcode()} as an incremental parser: the code is the first three
+    bytes of the first line (whatever they are); a line whose fourth byte is C{-} is
+    followed by another; CRs are dropped from the kept text; the text keeps at most
+    L{REPLY_TEXT_LIMIT} bytes.
+    """
+
+    def __init__(self):
+        self._start()
+
+    def _start(self):
+        self._text = bytearray()
+        self._code = 0
+        self._column = 0
+        self._first = True
+        self._continued = False
+        self._seen = 0
+
+    def _keep(self, data):
+        room = REPLY_TEXT_LIMIT - len(self._text)
+        if room > 0:
+            self._text += data[:room].replace(b"\r", b"")
+
+    def feed(self, data):
+        """Consume C{data}; yields every L{Reply} it completes."""
+        i, n = 0, len(data)
+        while i < n:
+            if self._column < 4:
+                byte = data[i]
+                i += 1
+                self._seen += 1
+                if byte != 13:
+                    self._keep(bytes((byte,)))
+                if self._column < 3:
+                    if self._first:
+                        self._code = self._code * 10 + (byte - 48)
+                    self._column += 1
+                    continue
+                self._column = 4
+                self._continued = byte == 45
+                if byte != 10:
+                    continue
+                end = i - 1
+            else:
+                end = data.find(b"\n", i)
+                if end == -1:
+                    self._keep(data[i:])
+                    self._seen += n - i
+                    if self._seen > REPLY_LIMIT:
+                        raise ReplyTooLong()
+                    return
+                self._keep(data[i:end + 1])
+                self._seen += end + 1 - i
+                i = end + 1
+            if self._continued:
+                self._first = False
+                self._column = 0
+                if self._seen > REPLY_LIMIT:
+                    raise ReplyTooLong()
+                continue
+            reply = Reply(self._code % 2 ** 64, bytes(self._text))
+            self._start()
+            yield reply
+
+
+class SMTPClient(Protocol, TimeoutMixin):
+    """
+    Commands out, replies in, in order.  Every command (and the greeting) gets a
+    Deferred that fires with its L{Reply}, or fails with the reason the connection was
+    lost; a read or write that makes no progress for C{timeout} seconds aborts the
+    connection.
+
+    @ivar extensions: EHLO keywords (upper case) to their parameters, after L{openSession}.
+    @ivar secure: whether STARTTLS succeeded on this connection.
+    @ivar reusable: cleared when the dialogue went somewhere a next transaction can't follow.
+    """
+
+    def __init__(self, timeout, clock):
+        self.timeoutPeriod = timeout
+        self.callLater = clock.callLater
+        self._parser = ReplyParser()
+        self._waiting = []
+        self.extensions = {}
+        self.secure = False
+        self.connected = False
+        self.reusable = True
+        self.lostReason = None
+        self._peer = None
+        self.greeting = defer.Deferred()
+        self._waiting.append(self.greeting)
+
+    def connectionMade(self):
+        self.connected = True
+        try:
+            self.transport.setTcpNoDelay(True)
+        except Exception:
+            pass
+        self.setTimeout(self.timeoutPeriod)
+
+    def peerAddress(self):
+        """The server's address as qmail-remote prints it (dotted IPv4, or IPv6 text)."""
+        if self._peer is None:
+            self._peer = self.transport.getPeer().host.encode("ascii")
+        return self._peer
+
+    def dataReceived(self, data):
+        self.resetTimeout()
+        try:
+            for reply in self._parser.feed(data):
+                if not self._waiting:
+                    self.reusable = False
+                    self.transport.abortConnection()
+                    return
+                self._waiting.pop(0).callback(reply)
+        except ReplyTooLong:
+            self.transport.abortConnection()
+
+    def timeoutConnection(self):
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        self.connected = False
+        self.reusable = False
+        self.lostReason = reason
+        self.setTimeout(None)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(reason)
+
+    def sendLines(self, lines):
+        """Write C{lines} at once (a pipelined group); a Deferred per reply, in order."""
+        results = [defer.Deferred() for _ in lines]
+        if not self.connected:
+            for d in results:
+                d.errback(self.lostReason)
+            return results
+        self._waiting.extend(results)
+        self.transport.write(b"".join(line + b"\r\n" for line in lines))
+        self.resetTimeout()
+        return results
+
+    def sendLine(self, line):
+        return self.sendLines([line])[0]
+
+    def sendMessage(self, messageFile):
+        """
+        Stream the message (the reply to DATA was below 400).  Returns two Deferreds: the
+        message fully written (with its final dot), and the reply after it.  When writing
+        fails (L{PartialFinalLine}, a read error) the connection is aborted with no dot sent.
+        """
+        reply = defer.Deferred()
+        self._waiting.append(reply)
+        streamer = MessageStreamer(messageFile, self.transport, SMTPEncoder(),
+                                   progress=self.resetTimeout)
+
+        def failed(reason):
+            self.reusable = False
+            reply.addErrback(lambda _: None)
+            self.transport.abortConnection()
+            return reason
+
+        return streamer.start().addErrback(failed), reply
+
+    def startTLS(self, contextFactory):
+        self.transport.startTLS(contextFactory)
+        self.secure = True
+
+    def quit(self):
+        """Say QUIT without waiting for the answer (qmail-remote's manners) and hang up."""
+        self.reusable = False
+        if self.connected:
+            self.sendLine(b"QUIT").addErrback(lambda _: None)
+            self.transport.loseConnection()
+
+
+class Failed(Exception):
+    """The dialogue ended with a message report (C{K}/C{Z}/C{D} + text)."""
+
+    def __init__(self, report):
+        Exception.__init__(self, report)
+        self.report = report
+
+
+def remoteSaid(reply):
+    """C{Remote host said: <reply>} as qmail-remote appends it, or nothing."""
+    if reply is None or not reply.text:
+        return b""
+    return b"Remote host said: " + reply.text.replace(b"\0", b"?")
+
+
+def quitReport(prefix, ip, append, reply):
+    """qmail-remote's C{quit()}: C{prefix IP append.\\n} then the last reply."""
+    return prefix + ip + append + b".\n" + remoteSaid(reply)
+
+
+def diedReport(ip, critical=False):
+    """The connection broke or timed out; after the final dot it may have been delivered."""
+    return (b"ZConnected to " + ip + b" but connection died. "
+            + (b"Possible duplicate! " if critical else b"") + b"(#4.4.2)\n")
+
+
+@dataclass
+class TLSPolicy:
+    """
+    What to do about STARTTLS on one connection.
+
+    @ivar contextFactory: client TLS options (verifying ones when C{required}).
+    @ivar required: no TLS, or a certificate that fails verification, is a deferral.
+    @ivar name: the name the certificate must carry (for texts).
+    """
+
+    contextFactory: object
+    required: bool = False
+    name: bytes = b""
+
+
+@dataclass
+class Credentials:
+    """A route's user and password for AUTH toward a smarthost."""
+
+    user: bytes
+    password: bytes
+
+
+@defer.inlineCallbacks
+def openSession(client, helohost, tls=None, credentials=None):
+    """
+    Greeting, EHLO (HELO when EHLO is refused), STARTTLS and AUTH.  Raises L{Failed}
+    with the message report when the session cannot carry mail.
+    """
+    ip = client.peerAddress()
+    try:
+        reply = yield client.greeting
+        if reply.code != 220:
+            raise Failed(quitReport(b"ZConnected to ", ip, b" but greeting failed", reply))
+        reply = yield _hello(client, helohost)
+        if reply.code != 250:
+            raise Failed(quitReport(b"ZConnected to ", ip, b" but my name was rejected", reply))
+        if tls is not None and b"STARTTLS" in client.extensions:
+            reply = yield client.sendLine(b"STARTTLS")
+            if reply.code == 220:
+                client.startTLS(tls.contextFactory)
+                reply = yield _hello(client, helohost, tls)
+                if reply.code != 250:
+                    raise Failed(quitReport(
+                        b"ZConnected to ", ip, b" but my name was rejected after STARTTLS", reply))
+            elif tls.required:
+                raise Failed(quitReport(b"ZConnected to ", ip, b" but STARTTLS failed", reply))
+        if tls is not None and tls.required and not client.secure:
+            raise Failed(b"ZConnected to " + ip + b" but it does not offer STARTTLS, and TLS"
+                         b" is required for " + tls.name + b". (#4.7.5)\n")
+        if credentials is not None:
+            yield _authenticate(client, ip, credentials)
+    except Failed:
+        client.quit()
+        raise
+    except TLSFailed as e:
+        raise Failed(b"ZConnected to " + ip + b" but TLS negotiation failed: "
+                     + e.args[0] + b". (#4.7.5)\n")
+    except Exception:
+        client.quit()
+        raise Failed(diedReport(ip))
+
+
+class TLSFailed(Exception):
+    """The TLS handshake or certificate verification failed (C{args[0]}: why, bytes)."""
+
+
+@defer.inlineCallbacks
+def _hello(client, helohost, tls=None):
+    try:
+        reply = yield client.sendLine(b"EHLO " + helohost)
+    except Exception as e:
+        if tls is not None:
+            raise TLSFailed(_tlsReason(e))
+        raise
+    if reply.code == 250:
+        client.extensions = parseExtensions(reply.text)
+        return reply
+    client.extensions = {}
+    reply = yield client.sendLine(b"HELO " + helohost)
+    return reply
+
+
+def _tlsReason(failure):
+    """Short bytes saying why a TLS connection ended (for the deferral text)."""
+    text = str(getattr(failure, "value", failure)) or failure.__class__.__name__
+    return text.encode("utf-8", "replace")[:300].replace(b"\n", b" ")
+
+
+def parseExtensions(text):
+    """EHLO reply text to {KEYWORD: parameters}; the first line is the greeting."""
+    out = {}
+    for line in text.split(b"\n")[1:]:
+        words = line[4:].split(None, 1)
+        if words:
+            out[words[0].upper()] = words[1] if len(words) > 1 else b""
+    return out
+
+
+@defer.inlineCallbacks
+def _authenticate(client, ip, credentials):
+    if not client.secure:
+        raise Failed(b"ZConnected to " + ip + b" but TLS is not in use, so I will not send"
+                     b" my password. (#4.7.0)\n")
+    mechanisms = client.extensions.get(b"AUTH", b"").upper().split()
+    if b"PLAIN" in mechanisms:
+        token = base64.b64encode(b"\0" + credentials.user + b"\0" + credentials.password)
+        reply = yield client.sendLine(b"AUTH PLAIN " + token)
+    elif b"LOGIN" in mechanisms:
+        reply = yield client.sendLine(b"AUTH LOGIN")
+        for secret in (credentials.user, credentials.password):
+            if reply.code != 334:
+                break
+            reply = yield client.sendLine(base64.b64encode(secret))
+    else:
+        raise Failed(b"ZConnected to " + ip + b" but it offers neither AUTH PLAIN nor AUTH"
+                     b" LOGIN. (#4.7.0)\n")
+    if reply.code != 235:
+        raise Failed(quitReport(b"ZConnected to ", ip, b" but my authentication was rejected",
+                                reply))
+
+
+@dataclass
+class Attempt:
+    """
+    What one qmail-remote run would print: a recipient report (C{r}/C{h}/C{s} + text,
+    or C{None} when the dialogue never reached that RCPT) per recipient, and the message
+    report (C{K}/C{Z}/C{D} + text).
+    """
+
+    recipients: list
+    message: bytes = b""
+
+
+def recipientReport(ip, reply):
+    if reply.code >= 500:
+        return b"h" + ip + b" does not like recipient.\n" + remoteSaid(reply)
+    if reply.code >= 400:
+        return b"s" + ip + b" does not like recipient.\n" + remoteSaid(reply)
+    return b"r"
+
+
+@defer.inlineCallbacks
+def transaction(client, sender, recipients, messageFile, size=None):
+    """
+    MAIL, RCPT per recipient, DATA and the message, on an open session; pipelined when
+    the server offers PIPELINING.  C{sender}/C{recipients} are already quoted.  Returns an
+    L{Attempt}; never raises (a lost connection is the #4.4.2 report).
+    """
+    ip = client.peerAddress()
+    attempt = Attempt([None] * len(recipients))
+    mail = b"MAIL FROM:<" + sender + b">"
+    if size is not None and b"SIZE" in client.extensions:
+        mail += b" SIZE=%d" % size
+    rcpts = [b"RCPT TO:<" + r + b">" for r in recipients]
+    if b"PIPELINING" in client.extensions:
+        pending = client.sendLines([mail] + rcpts + [b"DATA"])
+    else:
+        pending = None
+    critical = False
+    try:
+        reply = yield pending[0] if pending else client.sendLine(mail)
+        if reply.code >= 400:
+            attempt.message = quitReport(
+                b"DConnected to " if reply.code >= 500 else b"ZConnected to ", ip,
+                b" but sender was rejected", reply)
+            if pending:
+                yield _drain(client, pending[1:])
+            return attempt
+        accepted = False
+        for i in range(len(recipients)):
+            reply = yield pending[1 + i] if pending else client.sendLine(rcpts[i])
+            attempt.recipients[i] = recipientReport(ip, reply)
+            accepted = accepted or reply.code < 400
+        if not accepted:
+            attempt.message = b"DGiving up on " + ip + b".\n"
+            if pending:
+                yield _drain(client, pending[-1:])
+            return attempt
+        reply = yield pending[-1] if pending else client.sendLine(b"DATA")
+        if reply.code >= 400:
+            attempt.message = quitReport(b"D" if reply.code >= 500 else b"Z", ip,
+                                         b" failed on DATA command", reply)
+            return attempt
+        written, replied = client.sendMessage(messageFile)
+        yield written
+        critical = True
+        reply = yield replied
+        critical = False
+        if reply.code >= 500:
+            attempt.message = quitReport(b"D", ip, b" failed after I sent the message", reply)
+        elif reply.code >= 400:
+            attempt.message = quitReport(b"Z", ip, b" failed after I sent the message", reply)
+        else:
+            attempt.message = quitReport(b"K", ip, b" accepted message", reply)
+        return attempt
+    except PartialFinalLine:
+        attempt.message = PARTIAL_LINE
+        return attempt
+    except OSError:
+        attempt.message = b"ZUnable to read message. (#4.3.0)\n"
+        return attempt
+    except Exception:
+        client.reusable = False
+        attempt.message = diedReport(ip, critical)
+        return attempt
+    finally:
+        for d in pending or ():
+            d.addErrback(lambda _: None)
+
+
+@defer.inlineCallbacks
+def _drain(client, pending):
+    """
+    Wait for the replies to the rest of a pipelined group; a C{354} to a DATA we no longer
+    mean to follow leaves the server expecting a message, so the connection can't be reused.
+    """
+    for d in pending:
+        reply = yield d
+        if 300 <= reply.code < 400:
+            client.reusable = False
+
+
+@defer.inlineCallbacks
+def reset(client):
+    """
+    RSET after a transaction, so the connection can carry the next one; whether the
+    server said 250.
+    """
+    if not client.reusable or not client.connected:
+        return False
+    try:
+        reply = yield client.sendLine(b"RSET")
+    except Exception:
+        return False
+    return reply.code == 250 and client.reusable
