@@ -1,6 +1,6 @@
 """
-The service tree of C{twistd qmail}: the queue, and one listener per endpoint, each behind
-the tcpserver rules layer.
+The service tree of C{twistd qmail}: the queue, qmail-send with its local spawner and remote
+deliverer, and one listener per endpoint, each behind the tcpserver rules layer.
 
 Wires nouns together and decides nothing: protocols come from their modules, policy from
 control files and rules.  A listener kind is a builder in L{LISTENERS} taking
@@ -14,9 +14,8 @@ from twisted.internet import endpoints
 
 from qmailtx import log
 from qmailtx.control import ControlDir
-from qmailtx.envelope import parseRecords
 from qmailtx.ipme import ipme
-from qmailtx.queue import ProgramQueue, Queue, splitName
+from qmailtx.queue import ProgramQueue, Queue
 from qmailtx.rootdir import createRoot
 from qmailtx.rules import RulesSource
 from qmailtx.smtp import SMTPFactory
@@ -36,25 +35,7 @@ class Site:
         self.reactor = reactor
         self.controls = ControlDir(os.path.join(self.root, "control"))
         self.queue = Queue(self.root, reactor)
-        self.queue.addObserver(self.logQueued)
         self.ipme = ipme()
-
-    def logQueued(self, msgid):
-        """
-        qmail-send's C{new msg}/C{info msg} lines for a message that reached C{todo/}.
-        Stands in until the queue manager preprocesses todo/ and logs them itself.
-        """
-        queueDir = self.queue.queueDir
-        try:
-            with open(os.path.join(queueDir, "todo", str(msgid)), "rb") as f:
-                records = dict(parseRecords(f.read(4096)))
-            size = os.stat(os.path.join(queueDir, "mess", splitName(msgid), str(msgid))).st_size
-        except OSError:
-            return
-        log.newMessage(msgid)
-        log.infoMessage(msgid, size, records.get(b"F", b""),
-                        records.get(b"p", b"?").decode("ascii", "replace"),
-                        records.get(b"u", b"?").decode("ascii", "replace"))
 
     def programQueue(self, program, env):
         """
@@ -138,6 +119,33 @@ class ListenerService(service.Service):
             return port.stopListening()
 
 
+def remoteDeliverer(site):
+    """C{qmailtx.remote}'s deliverer, or a stand-in deferring every remote recipient."""
+    try:
+        from qmailtx.remote import RemoteDeliverer
+    except ImportError:
+        from qmailtx.send import UnavailableRemote
+
+        log.warning("no qmailtx.remote: remote recipients are deferred")
+        return UnavailableRemote()
+    return RemoteDeliverer(site.controls, site.reactor)
+
+
+def addDelivery(site, top):
+    """The local spawner, qmail-send and the ctl socket (stopped in reverse: send first)."""
+    from qmailtx.lspawn import LocalSpawner
+    from qmailtx.send import Sender
+    from qmailtx.sendctl import ControlService
+
+    spawner = LocalSpawner(site.root, site.reactor)
+    spawner.setServiceParent(top)
+    sender = Sender(site.queue, site.controls, site.reactor, spawner, remoteDeliverer(site),
+                    handleSignals=True)
+    sender.setServiceParent(top)
+    ControlService(site.root, sender, site.reactor).setServiceParent(top)
+    top.sender = sender
+
+
 def makeQmailService(config, reactor=None):
     """
     Build the service tree from parsed L{qmailtx.tap.Options}.  Creates the root on first
@@ -152,6 +160,7 @@ def makeQmailService(config, reactor=None):
     site = Site(root, reactor)
     top = service.MultiService()
     top.site = site
+    addDelivery(site, top)
     for kind, description in config["listeners"]:
         factory = LISTENERS[kind](site, config)
         rulesPath = config["rules"].get(kind) or site.defaultRules(kind)

@@ -1,5 +1,5 @@
 """
-C{qmailtx deliverworker [--uid N --gid N] [--root DIR] [--timeout SECS]}: a long-lived
+C{qmailtx deliverworker [--uid N --gid N] [--root DIR] [--timeout SECS] [--fdsock N]}: a long-lived
 qmail-local for one (uid, gid), spoken to by the local spawner over its stdin and stdout.
 
 Started as root it drops to C{uid}/C{gid} with no supplementary groups before reading
@@ -9,11 +9,15 @@ C{Not allowed to perform deliveries as root.}  Umask 077, like qmail-local.
 Protocol (one request at a time, in order): a request is one netstring holding the
 netstrings C{deliver}, message path, user, homedir, local, dash, ext, domain, sender,
 defaultdelivery; the answer is one netstring holding the report as qmail-send reads it
-(C{K}/C{Z}/C{D} + text, spec/local.md §9).  EOF on stdin ends the worker.  The
+(C{K}/C{Z}/C{D} + text, spec/local.md §9).  With C{--fdsock N}, the message arrives as an
+open descriptor over the Unix socket N with each request (the spawner opens the queue file,
+as qmail-lspawn does, so a worker running as the user never needs to read C{queue/}); the
+path is then only a name.  EOF on stdin ends the worker.  The
 environment is the one qmail-send was started with; programs inherit it.
 """
 
 import os
+import socket
 import sys
 import traceback
 
@@ -64,7 +68,16 @@ def answer(out, report):
     out.flush()
 
 
-def handle(deliverer, fields, refuse=False):
+def receiveMessage(sock):
+    """The message descriptor sent with a request, as a file, or C{None}."""
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+    except OSError:
+        return None
+    return os.fdopen(fds[0], "rb") if fds else None
+
+
+def handle(deliverer, fields, refuse=False, message=None):
     """One request's report bytes (never raises: unknown trouble is a temporary failure)."""
     if len(fields) != FIELDS or fields[0] != b"deliver":
         return b"ZInternal qmail-lspawn bug.\n"
@@ -72,10 +85,11 @@ def handle(deliverer, fields, refuse=False):
         return ROOT_REFUSED
     path = fields[1]
     d = LocalDelivery(*fields[2:])
-    try:
-        message = open(path, "rb")
-    except OSError:
-        return NO_MESSAGE
+    if message is None:
+        try:
+            message = open(path, "rb")
+        except OSError:
+            return NO_MESSAGE
     try:
         result = deliverer.deliver(d, message).report()
     except Exception:
@@ -97,7 +111,7 @@ def dropPrivileges(uid, gid):
 def main(argv):
     args = list(argv[1:])
     root = takeRoot(args)
-    uid = gid = None
+    uid = gid = fdsock = None
     timeout = 86400
     try:
         while args:
@@ -108,6 +122,8 @@ def main(argv):
                 gid = int(args.pop(0))
             elif arg == "--timeout":
                 timeout = int(args.pop(0))
+            elif arg == "--fdsock":
+                fdsock = socket.socket(fileno=int(args.pop(0)))
             else:
                 raise ValueError(arg)
     except (ValueError, IndexError):
@@ -132,4 +148,12 @@ def main(argv):
             return 111
         if fields is None:
             return 0
-        answer(stdout, handle(deliverer, fields, refuse))
+        message = None
+        if fdsock is not None:
+            message = receiveMessage(fdsock)
+            if message is None:
+                answer(stdout, NO_MESSAGE)
+                continue
+        answer(stdout, handle(deliverer, fields, refuse, message))
+        if message is not None:
+            message.close()

@@ -1,0 +1,364 @@
+"""
+qmail-lspawn inside the daemon (spec/local.md §1, §9): the L{LocalSpawner} service.
+
+For each local recipient it decides who delivers (L{qmailtx.users}), then hands the delivery
+to a long-lived C{qmailtx deliverworker} running as that user, spoken to over pipes through
+a C{ProcessProtocol}.  Started as root, workers are spawned as root and drop to the mailbox
+owner's uid/gid themselves (never uid 0); run as an ordinary user, every worker runs as that
+user and an assignment to another uid is deferred.  Workers are reused across messages, at
+most L{SPAWN} live at once, and reaped when idle.
+
+Writes nothing itself (the workers write mailboxes); reads C{users/cdb} and
+C{control/defaultdelivery}.  Must not import the queue or the network code.
+"""
+
+import os
+import socket
+import sys
+from collections import deque
+
+from twisted.application import service
+from twisted.internet import defer, error
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from qmailtx import log, netstring
+from qmailtx.results import TempFailure, fromReport
+from qmailtx.users import (ALIAS_USER, CDB_TROUBLE, PasswdEntry, assignRecipient,
+                           openUsersCdb, systemGetpwnam, systemHomeOwner)
+
+SPAWN = 120
+"""Most live workers (qmail's conf-spawn bounds simultaneous deliveries the same way)."""
+IDLE_TIMEOUT = 60
+"""Seconds a worker may sit unused before it is told to exit."""
+ANSWER_LIMIT = 16 * 1024
+"""Largest answer read from a worker (reports are cut to 3000 bytes there)."""
+STDERR_LIMIT = 4096
+"""Bytes of a worker's stderr kept per line for the log."""
+KILL_GRACE = 10
+"""Seconds a worker told to exit may take before it is killed."""
+WORKER_SOCKET_FD = 3
+"""The worker's descriptor for the Unix socket that carries each message's open file."""
+PROGRAM_TIMEOUT = 86400
+"""Seconds a C{|program} line may run (qmail-local has no limit; ours kills after a day)."""
+
+CRASHED = TempFailure(b"qmail-local crashed.\n")
+UNABLE_TO_RUN = TempFailure(b"Unable to run qmail-local.\n")
+NO_MESSAGE = TempFailure(b"qmail-spawn unable to open message. (#4.3.0)\n")
+
+_log = Logger()
+
+
+def readDefaultDelivery(root):
+    """C{control/defaultdelivery} as LWQ's C{$(cat ...)} gives it, else C{./Mailbox}."""
+    try:
+        with open(os.path.join(root, "control", "defaultdelivery"), "rb") as f:
+            text = f.read().rstrip(b"\n")
+    except FileNotFoundError:
+        return b"./Mailbox"
+    return text
+
+
+def wrongUser(uid, mine):
+    return TempFailure(b"Unable to deliver as uid %d: qmailtx runs as uid %d, not root, "
+                       b"so it delivers only to its own mailboxes. (#4.3.0)\n" % (uid, mine))
+
+
+class LocalSpawner(service.Service):
+    """
+    The local channel: C{deliver(messPath, sender, recipient) -> Deferred(result)}, never
+    failing (trouble is a L{TempFailure}).  C{sender} is already the per-delivery (VERP)
+    sender.
+
+    @param environ: the environment workers (and their programs) get; default the daemon's.
+    @param getpwnam, homeOwner: passwd and home-owner look-ups (L{qmailtx.users} shapes).
+    """
+
+    name = "lspawn"
+
+    def __init__(self, root, reactor, environ=None, maxWorkers=SPAWN, idleTimeout=IDLE_TIMEOUT,
+                 programTimeout=PROGRAM_TIMEOUT, getpwnam=systemGetpwnam,
+                 homeOwner=systemHomeOwner, python=None, uid=None):
+        self.root = os.path.abspath(os.fsdecode(root))
+        self.reactor = reactor
+        self.environ = dict(os.environb if environ is None else environ)
+        self.maxWorkers = maxWorkers
+        self.idleTimeout = idleTimeout
+        self.programTimeout = programTimeout
+        self._getpwnam = getpwnam
+        self._homeOwner = homeOwner
+        self.python = os.fsencode(python or sys.executable)
+        self.uid = os.getuid() if uid is None else uid
+        self.defaultDelivery = readDefaultDelivery(self.root)
+        self._cdbPath = os.path.join(self.root, "users", "cdb")
+        self._cdb = (None, None)
+        self._idle = {}
+        self._workers = set()
+        self._waiting = deque()
+        self._reaper = None
+        self._allGone = None
+
+    def startService(self):
+        service.Service.startService(self)
+        self.defaultDelivery = readDefaultDelivery(self.root)
+        self._reaper = LoopingCall(self.reap)
+        self._reaper.clock = self.reactor
+        self._reaper.start(max(1, self.idleTimeout / 2), now=False)
+
+    def stopService(self):
+        """Tell every worker to exit; fires when all have (or were killed)."""
+        service.Service.stopService(self)
+        if self._reaper is not None and self._reaper.running:
+            self._reaper.stop()
+        for worker in list(self._workers):
+            worker.close()
+        if not self._workers:
+            return None
+        self._allGone = defer.Deferred()
+        return self._allGone
+
+    # -- assignment -----------------------------------------------------------------------
+
+    def getpwnam(self, name):
+        """The system's passwd, plus the root's C{alias/} directory as user C{alias}."""
+        entry = self._getpwnam(name)
+        if entry is None and name == ALIAS_USER:
+            home = os.path.join(self.root, "alias")
+            try:
+                st = os.stat(home)
+            except FileNotFoundError:
+                return None
+            return PasswdEntry(ALIAS_USER, st.st_uid, st.st_gid, os.fsencode(home))
+        return entry
+
+    def usersCdb(self):
+        """C{users/cdb}, re-read when it changes (qmail-lspawn opens it per delivery)."""
+        try:
+            st = os.stat(self._cdbPath)
+        except FileNotFoundError:
+            self._cdb = (None, None)
+            return None
+        except OSError:
+            return CDB_TROUBLE
+        ident = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._cdb[0] != ident:
+            self._cdb = (ident, openUsersCdb(self._cdbPath))
+        return self._cdb[1]
+
+    def deliver(self, messPath, sender, recipient):
+        assigned = assignRecipient(recipient, self.usersCdb(), self.getpwnam, self._homeOwner)
+        if not isinstance(assigned, tuple):
+            return defer.succeed(assigned)
+        a, local, domain = assigned
+        if self.uid != 0 and a.uid != self.uid:
+            log.warning(f"cannot deliver to {log.logsafe(recipient)} as uid {a.uid}: "
+                        f"not running as root")
+            return defer.succeed(wrongUser(a.uid, self.uid))
+        request = netstring.encode(netstring.encodeList([
+            b"deliver", os.fsencode(messPath), a.user, a.home, local, a.dash, a.ext, domain,
+            sender, self.defaultDelivery]))
+        d = self._acquire((a.uid, a.gid))
+        d.addCallback(lambda worker: worker.send(request, messPath))
+        d.addErrback(self._ebDeliver)
+        return d
+
+    def _ebDeliver(self, failure):
+        _log.failure("local delivery failed", failure)
+        return UNABLE_TO_RUN
+
+    # -- the pool ---------------------------------------------------------------------------
+
+    def _acquire(self, key):
+        idle = self._idle.get(key)
+        if idle:
+            return defer.succeed(idle.pop())
+        if len(self._workers) >= self.maxWorkers and not self._evictIdle():
+            d = defer.Deferred()
+            self._waiting.append((key, d))
+            return d
+        try:
+            return defer.succeed(self._spawn(key))
+        except OSError:
+            return defer.succeed(_Failed())
+
+    def _evictIdle(self):
+        """Close the longest-idle worker to make room; C{False} if none is idle."""
+        oldest = None
+        for workers in self._idle.values():
+            for worker in workers:
+                if oldest is None or worker.idleSince < oldest.idleSince:
+                    oldest = worker
+        if oldest is None:
+            return False
+        oldest.close()
+        return True
+
+    def _spawn(self, key):
+        uid, gid = key
+        args = [self.python, b"-m", b"qmailtx.scripts.main", b"deliverworker",
+                b"--root", os.fsencode(self.root), b"--timeout", b"%d" % self.programTimeout,
+                b"--fdsock", b"%d" % WORKER_SOCKET_FD]
+        if self.uid == 0:
+            args += [b"--uid", b"%d" % uid, b"--gid", b"%d" % gid]
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        worker = _Worker(self, key, mine)
+        try:
+            self.reactor.spawnProcess(worker, self.python, args, env=self.environ,
+                                      path=self.root,
+                                      childFDs={0: "w", 1: "r", 2: "r",
+                                                WORKER_SOCKET_FD: theirs.fileno()})
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        self._workers.add(worker)
+        return worker
+
+    def release(self, worker):
+        """A worker finished a request: give it to a waiter, or keep it idle."""
+        worker.idleSince = self.reactor.seconds()
+        for i, (key, d) in enumerate(self._waiting):
+            if key == worker.key:
+                del self._waiting[i]
+                d.callback(worker)
+                return
+        if self._waiting and self.running:
+            worker.close()
+            return
+        if not self.running:
+            worker.close()
+            return
+        self._idle.setdefault(worker.key, []).append(worker)
+
+    def _spawnOrFail(self, key):
+        try:
+            return self._spawn(key)
+        except OSError:
+            return _Failed()
+
+    def forget(self, worker):
+        """A worker process ended."""
+        self._workers.discard(worker)
+        idle = self._idle.get(worker.key)
+        if idle and worker in idle:
+            idle.remove(worker)
+        if self._waiting and self.running and len(self._workers) < self.maxWorkers:
+            key, d = self._waiting.popleft()
+            d.callback(self._spawnOrFail(key))
+        if not self._workers and self._allGone is not None:
+            d, self._allGone = self._allGone, None
+            d.callback(None)
+
+    def reap(self):
+        """Close workers idle for longer than C{idleTimeout}."""
+        limit = self.reactor.seconds() - self.idleTimeout
+        for key, workers in list(self._idle.items()):
+            for worker in list(workers):
+                if worker.idleSince <= limit:
+                    worker.close()
+
+    def workerCount(self):
+        return len(self._workers)
+
+
+class _Failed:
+    """Stands in for a worker that could not be started."""
+
+    def send(self, request, messPath):
+        return defer.succeed(UNABLE_TO_RUN)
+
+
+class _Worker(ProcessProtocol):
+    """One C{deliverworker} process: one request at a time, answers as netstrings."""
+
+    def __init__(self, spawner, key, sock):
+        self.spawner = spawner
+        self.key = key
+        self.sock = sock
+        self.idleSince = spawner.reactor.seconds()
+        self.pending = None
+        self.closing = False
+        self.ended = False
+        self._decoder = netstring.NetstringDecoder(maxLength=ANSWER_LIMIT)
+        self._answer = []
+        self._stderr = b""
+        self._killer = None
+
+    def send(self, request, messPath):
+        """
+        One delivery: the request on stdin, and the message opened here (we may read the
+        queue; the worker, running as the user, may not) passed over the socket.
+        """
+        if self.ended or self.closing:
+            return defer.succeed(CRASHED)
+        try:
+            fd = os.open(messPath, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.spawner.release(self)
+            return defer.succeed(NO_MESSAGE)
+        try:
+            socket.send_fds(self.sock, [b"m"], [fd])
+        except OSError:
+            self._kill()
+            return defer.succeed(CRASHED)
+        finally:
+            os.close(fd)
+        self.pending = defer.Deferred()
+        self.transport.write(request)
+        return self.pending
+
+    def outReceived(self, data):
+        try:
+            events = self._decoder.feed(data)
+        except netstring.NetstringError:
+            self._kill()
+            return
+        for event, value in events:
+            if event == netstring.DATA:
+                self._answer.append(value)
+            elif event == netstring.END:
+                report, self._answer = b"".join(self._answer), []
+                self._answered(fromReport(report) if report else CRASHED)
+
+    def _answered(self, result):
+        d, self.pending = self.pending, None
+        if d is None:
+            self._kill()
+            return
+        self.spawner.release(self)
+        d.callback(result)
+
+    def errReceived(self, data):
+        self._stderr = (self._stderr + data)[-STDERR_LIMIT:]
+        while b"\n" in self._stderr:
+            line, self._stderr = self._stderr.split(b"\n", 1)
+            log.warning(f"deliverworker {self.transport.pid}: {log.logsafe(line)}")
+
+    def close(self):
+        """Ask the worker to exit (EOF on its stdin); kill it if it lingers."""
+        if self.closing or self.ended:
+            return
+        self.closing = True
+        idle = self.spawner._idle.get(self.key)
+        if idle and self in idle:
+            idle.remove(self)
+        self.transport.closeStdin()
+        self._killer = self.spawner.reactor.callLater(KILL_GRACE, self._kill)
+
+    def _kill(self):
+        try:
+            self.transport.signalProcess("KILL")
+        except (error.ProcessExitedAlready, OSError):
+            pass
+
+    def processEnded(self, reason):
+        self.ended = True
+        self.sock.close()
+        if self._killer is not None and self._killer.active():
+            self._killer.cancel()
+        d, self.pending = self.pending, None
+        self.spawner.forget(self)
+        if d is not None:
+            d.callback(CRASHED)

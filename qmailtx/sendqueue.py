@@ -1,0 +1,339 @@
+"""
+qmail-send's side of the on-disk queue (spec/queue.md §4–9): blocking file work that the
+L{qmailtx.send.Sender} runs in a thread, so the reactor never waits on an fsync or unlink.
+
+Owns writing C{info/}, C{local/}, C{remote/} and C{bounce/}, and removing C{todo/}, C{intd/}
+and C{mess/} once a message is preprocessed or finished; reads C{todo/} and C{mess/}.  Every
+step keeps qmail's order, so a crash leaves only states S4/S5 of queue.md §3.  Pure file
+I/O: must not import Twisted, sockets or delivery code.
+"""
+
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+
+from qmailtx.envelope import parseRecords
+from qmailtx.queue import SPLIT, splitName
+from qmailtx.rewrite import LOCAL, REMOTE
+
+CHANNELS = (LOCAL, REMOTE)
+
+CLEANUP_AGE = 129600
+"""36 hours: a C{mess/} file (by atime) or C{pid/} file this old, with no C{info}/C{todo},
+is left over from a crashed injection."""
+
+READ_LIMIT = 64 * 1024 * 1024
+"""Largest C{todo/}, C{info/}, channel or C{bounce/} file read (a message's envelope)."""
+
+
+class UnknownRecord(Exception):
+    """A C{todo/} file holds a record qmail-send does not know: leave it for later."""
+
+
+@dataclass
+class Record:
+    """One recipient of a channel file: the byte offset of its C{T}/C{D} letter, the address."""
+
+    offset: int
+    address: bytes
+    done: bool = False
+
+
+@dataclass
+class QueuedMessage:
+    """
+    A preprocessed message as the sender schedules it.
+
+    @ivar birth: mtime of C{info/} (Unix seconds).
+    @ivar channels: C{{"local"|"remote": (nextAttempt, [Record])}}, only existing files;
+        C{nextAttempt} is the channel file's mtime (C{None} right after preprocessing:
+        deliver now).
+    @ivar bounce: whether C{bounce/<id>} exists.
+    """
+
+    msgid: int
+    birth: float
+    sender: bytes
+    channels: dict = field(default_factory=dict)
+    bounce: bool = False
+    size: int = 0
+    qp: bytes = b"?"
+    uid: bytes = b"?"
+
+
+def path(queueDir, kind, msgid):
+    """Where C{kind} (mess/info/local/remote split, todo/intd/bounce not) keeps C{msgid}."""
+    if kind in ("mess", "info", LOCAL, REMOTE):
+        return os.path.join(queueDir, kind, splitName(msgid), str(msgid))
+    return os.path.join(queueDir, kind, str(msgid))
+
+
+def _unlink(name):
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
+
+
+def _read(name):
+    with open(name, "rb") as f:
+        return f.read(READ_LIMIT)
+
+
+def _writeSynced(name, data):
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+        return os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+
+
+def channelRecords(data):
+    """The C{T} (to do) records of a channel file with their offsets, C{D} ones as done."""
+    records = []
+    pos = 0
+    while True:
+        end = data.find(b"\0", pos)
+        if end == -1:
+            return records
+        letter = data[pos:pos + 1]
+        if letter in (b"T", b"D"):
+            records.append(Record(pos, data[pos + 1:end], letter == b"D"))
+        pos = end + 1
+
+
+def _encodeChannel(addresses):
+    out = bytearray()
+    records = []
+    for address in addresses:
+        records.append(Record(len(out), address))
+        out += b"T" + address + b"\0"
+    return bytes(out), records
+
+
+def preprocess(queueDir, msgid, rewrite):
+    """
+    qmail-send's handling of one C{todo/<id>} (queue.md §4): stale info/local/remote
+    removed, new ones written and fsync'd, then C{intd/} and C{todo/} removed.
+
+    @param rewrite: C{address -> (LOCAL|REMOTE, address)} (L{qmailtx.rewrite.Rewriter}).
+    @return: a L{QueuedMessage}, or C{None} if C{todo/<id>} is gone.
+    @raise UnknownRecord: the todo file has a record of an unknown type (nothing changed).
+    @raise OSError: on trouble; C{todo/} stays for the next attempt.
+    """
+    try:
+        data = _read(path(queueDir, "todo", msgid))
+    except FileNotFoundError:
+        return None
+    message = QueuedMessage(msgid, 0, b"")
+    targets = {LOCAL: [], REMOTE: []}
+    for letter, value in parseRecords(data):
+        if letter == b"u":
+            message.uid = value
+        elif letter == b"p":
+            message.qp = value
+        elif letter == b"F":
+            message.sender = value
+        elif letter == b"T":
+            kind, address = rewrite(value)
+            targets[kind].append(address)
+        else:
+            raise UnknownRecord(msgid)
+    for kind in ("info",) + CHANNELS:
+        _unlink(path(queueDir, kind, msgid))
+    message.birth = _writeSynced(path(queueDir, "info", msgid), b"F" + message.sender + b"\0")
+    for kind in CHANNELS:
+        if targets[kind]:
+            content, records = _encodeChannel(targets[kind])
+            _writeSynced(path(queueDir, kind, msgid), content)
+            message.channels[kind] = (None, records)
+    try:
+        message.size = os.stat(path(queueDir, "mess", msgid)).st_size
+    except OSError:
+        message.size = 0
+    message.bounce = os.path.exists(path(queueDir, "bounce", msgid))
+    _unlink(path(queueDir, "intd", msgid))
+    _unlink(path(queueDir, "todo", msgid))
+    return message
+
+
+def preprocessBatch(queueDir, msgids, rewrite):
+    """L{preprocess} for several ids: a list of C{(msgid, QueuedMessage | None | exception)}."""
+    results = []
+    for msgid in msgids:
+        try:
+            results.append((msgid, preprocess(queueDir, msgid, rewrite)))
+        except (UnknownRecord, OSError) as e:
+            results.append((msgid, e))
+    return results
+
+
+def listTodo(queueDir):
+    """The ids in C{todo/} (names that are all digits)."""
+    return [int(n) for n in os.listdir(os.path.join(queueDir, "todo")) if n.isdigit()]
+
+
+def loadMessage(queueDir, msgid):
+    """
+    One preprocessed message from its C{info}, channel and bounce files (restart), or
+    C{None} when C{info} vanished; raises C{OSError} on trouble.
+    """
+    try:
+        with open(path(queueDir, "info", msgid), "rb") as f:
+            birth = os.fstat(f.fileno()).st_mtime
+            records = parseRecords(f.read(READ_LIMIT))
+    except FileNotFoundError:
+        return None
+    sender = b""
+    for letter, value in records:
+        if letter == b"F":
+            sender = value
+            break
+    message = QueuedMessage(msgid, birth, sender)
+    for kind in CHANNELS:
+        try:
+            with open(path(queueDir, kind, msgid), "rb") as f:
+                mtime = os.fstat(f.fileno()).st_mtime
+                message.channels[kind] = (mtime, channelRecords(f.read(READ_LIMIT)))
+        except FileNotFoundError:
+            pass
+    message.bounce = os.path.exists(path(queueDir, "bounce", msgid))
+    return message
+
+
+def loadQueue(queueDir):
+    """
+    Every preprocessed message (an C{info} without a C{todo}) as L{QueuedMessage}s, and
+    warnings (text) for the ones that could not be read.
+    """
+    todo = set(listTodo(queueDir))
+    messages, warnings = [], []
+    for i in range(SPLIT):
+        top = os.path.join(queueDir, "info", str(i))
+        for name in os.listdir(top):
+            if not name.isdigit() or int(name) in todo:
+                continue
+            try:
+                message = loadMessage(queueDir, int(name))
+            except OSError as e:
+                warnings.append(f"unable to read info/{i}/{name}: {e.strerror}")
+                continue
+            if message is not None:
+                messages.append(message)
+    return messages, warnings
+
+
+def markDone(channelPath, offsets):
+    """Rewrite the letter at each offset from C{T} to C{D} (qmail's markdone; no fsync)."""
+    try:
+        fd = os.open(channelPath, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        for offset in offsets:
+            os.pwrite(fd, b"D", offset)
+    finally:
+        os.close(fd)
+
+
+def appendBounce(queueDir, msgid, entry):
+    """Append one failure entry to C{bounce/<id>}, and fsync it before the record is marked done."""
+    fd = os.open(path(queueDir, "bounce", msgid),
+                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(entry)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def removeChannels(queueDir, msgid, kinds):
+    for kind in kinds:
+        _unlink(path(queueDir, kind, msgid))
+
+
+def readForBounce(queueDir, msgid):
+    """C{(bounce/<id> contents or None, mess contents)}; raises C{OSError}."""
+    try:
+        text = _read(path(queueDir, "bounce", msgid))
+    except FileNotFoundError:
+        text = None
+    with open(path(queueDir, "mess", msgid), "rb") as f:
+        return text, f.read()
+
+
+def finishMessages(queueDir, msgids):
+    """
+    Remove finished messages in qmail's order: channel files, C{bounce}, C{info}, then
+    C{mess} and C{intd} (a crash in between leaves a C{mess} for the 36 h cleanup).
+    Returns C{[(msgid, error text)]} for the ones that could not be removed.
+    """
+    troubles = []
+    for msgid in msgids:
+        try:
+            for kind in CHANNELS + ("bounce", "info", "mess", "intd"):
+                _unlink(path(queueDir, kind, msgid))
+        except OSError as e:
+            troubles.append((msgid, e.strerror))
+    return troubles
+
+
+def saveSchedule(queueDir, entries):
+    """
+    Persist next-attempt times as channel file mtimes (qmail-send does it when exiting).
+    C{entries} are C{(kind, msgid, when)}; returns the C{(kind, msgid)} that failed.
+    """
+    failed = []
+    for kind, msgid, when in entries:
+        try:
+            os.utime(path(queueDir, kind, msgid), (when, when))
+        except FileNotFoundError:
+            pass
+        except OSError:
+            failed.append((kind, msgid))
+    return failed
+
+
+def cleanupScan(queueDir, now=None, age=CLEANUP_AGE):
+    """
+    qmail-send's cleanup (queue.md §9): C{mess} files older than C{age} (atime) with neither
+    C{info} nor C{todo} are removed with any C{intd}; so are old C{pid/} files.
+    Returns how many files were removed.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    for i in range(SPLIT):
+        top = os.path.join(queueDir, "mess", str(i))
+        for name in os.listdir(top):
+            if not name.isdigit():
+                continue
+            msgid = int(name)
+            try:
+                if os.stat(os.path.join(top, name)).st_atime > now - age:
+                    continue
+            except FileNotFoundError:
+                continue
+            if (os.path.exists(path(queueDir, "info", msgid))
+                    or os.path.exists(path(queueDir, "todo", msgid))):
+                continue
+            _unlink(path(queueDir, "intd", msgid))
+            _unlink(os.path.join(top, name))
+            removed += 1
+    pidDir = os.path.join(queueDir, "pid")
+    for name in os.listdir(pidDir):
+        full = os.path.join(pidDir, name)
+        try:
+            if os.stat(full).st_atime <= now - age:
+                os.unlink(full)
+                removed += 1
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+    return removed
