@@ -1,16 +1,18 @@
 """
 A complete, working qmail root (C{qmailtx init}, and the embedded default's first run).
 
-Writes C{control/}, C{queue/} (through L{qmailtx.queue.createLayout}), C{users/},
-C{alias/} with its Maildir and the postmaster/root/mailer-daemon aliases, and
-C{rules/smtp}: relaying for 127.0.0.1 only, everything else allowed to deliver locally.
-Never touches an existing root.
+Writes C{control/} (with a self-signed C{servercert.pem}, so STARTTLS works out of the box
+and a real certificate replaces it without a restart), C{queue/} (through
+L{qmailtx.queue.createLayout}), C{users/}, C{alias/} with its Maildir and the
+postmaster/root/mailer-daemon aliases, and C{rules/smtp}: relaying for 127.0.0.1 only,
+everything else allowed to deliver locally.  Never touches an existing root.
 """
 
 import os
 import socket
 
 from qmailtx.queue import createLayout
+from qmailtx.tls import writeSelfSigned
 
 
 class RootExists(Exception):
@@ -53,6 +55,7 @@ def createRoot(root, me=None):
     for name, data in files.items():
         with open(os.path.join(control, name), "wb") as f:
             f.write(data)
+    writeSelfSigned(os.path.join(control, "servercert.pem"), me)
     createLayout(os.path.join(root, "queue"))
     os.mkdir(os.path.join(root, "users"), 0o755)
     alias = os.path.join(root, "alias")
