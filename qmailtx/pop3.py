@@ -104,6 +104,8 @@ class POP3Server(Popup, protocol.Protocol, TimeoutMixin):
             except OSError:
                 pass
         self.tlsActive = self.tlsActive or getattr(self.factory, "implicitTLS", False)
+        if self.env is None:
+            self.env = getattr(self.transport, "env", None)
         self.timestamp = b"<%d.%d@%s>" % (self.serial, int(self.reactor.seconds()),
                                           self.config.hostname)
         self.setTimeout(self.config.timeout)
@@ -446,3 +448,47 @@ def serverTLSContext(pemPath):
         privateKey=cert.privateKey.original, certificate=cert.original,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
+
+
+def buildFactory(site, options, implicitTLS=False):
+    """
+    The factory for one C{--pop3}/C{--pop3s} listener of C{twistd qmail}: host name from
+    control/me, TLS from control/servercert.pem, mailboxes served by owner workers when we
+    run as root, else by this process.  One set of mailboxes per site, so caches are shared.
+    """
+    import shlex
+
+    from qmailtx import pop3box
+
+    mailboxes = getattr(site, "pop3Mailboxes", None)
+    if mailboxes is None:
+        if os.getuid() == 0:
+            mailboxes = pop3box.OwnerMailboxes(site.reactor)
+        else:
+            mailboxes = pop3box.LocalMailboxes(site.reactor)
+        site.pop3Mailboxes = mailboxes
+    tlsContext = None
+    certPath = os.path.join(site.controls.path, "servercert.pem")
+    if os.path.exists(certPath):
+        from qmailtx.tls import ServerTLS
+
+        tlsContext = ServerTLS(certPath)
+    hostname = site.controls.me()
+    if isinstance(hostname, str):
+        hostname = hostname.encode()
+    config = POP3Config(
+        hostname=hostname or b"localhost",
+        checkpassword=[os.fsencode(w) for w in shlex.split(options["checkpassword"])],
+        mailboxes=mailboxes,
+        maildirName=os.fsencode(options.get("maildirname") or "Maildir"),
+        tlsContext=tlsContext,
+        tlsRequired=bool(options.get("pop3-tls-required")),
+    )
+    factory = POP3Factory(config, site.reactor, implicitTLS=implicitTLS)
+    if not implicitTLS:
+        return factory
+    if tlsContext is None:
+        raise ValueError("--pop3s needs control/servercert.pem")
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    return TLSMemoryBIOFactory(tlsContext, False, factory)

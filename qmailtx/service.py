@@ -71,7 +71,18 @@ def buildQMQP(site, config):
     return QMQPFactory(site.queue, site.controls, site.reactor, site.programQueue)
 
 
-LISTENERS = {"smtp": buildSMTP, "qmtp": buildQMTP, "qmqp": buildQMQP}
+def buildPOP3(site, config, implicitTLS=False):
+    from qmailtx.pop3 import buildFactory
+
+    return buildFactory(site, config, implicitTLS)
+
+
+def buildPOP3S(site, config):
+    return buildPOP3(site, config, implicitTLS=True)
+
+
+LISTENERS = {"smtp": buildSMTP, "qmtp": buildQMTP, "qmqp": buildQMQP, "pop3": buildPOP3,
+             "pop3s": buildPOP3S}
 
 
 class ListenerService(service.Service):

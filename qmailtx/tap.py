@@ -42,6 +42,13 @@ class Options(usage.Options):
     optParameters = [
         ["root", None, DEFAULT_ROOT, "The qmail root (control/, queue/, ...); created if absent."],
         ["me", None, None, "Host name for control/me when the root is created."],
+        ["checkpassword", None, None, "checkpassword program and arguments for POP3 "
+         "(split like a shell would), e.g. '/usr/bin/checkpassword-pam -s pop3'"],
+        ["maildirname", None, "Maildir", "The maildir POP3 serves, relative to $HOME."],
+    ]
+
+    optFlags = [
+        ["pop3-tls-required", None, "POP3: refuse USER/PASS/APOP/AUTH until STLS."],
     ]
 
     def __init__(self):
@@ -66,6 +73,14 @@ class Options(usage.Options):
         """Listen for QMQP on this endpoint (repeatable); restrict it with --rules qmqp=..."""
         self.listen("qmqp", description)
 
+    def opt_pop3(self, description):
+        """Listen for POP3 (STLS if control/servercert.pem exists) on this endpoint"""
+        self.listen("pop3", description)
+
+    def opt_pop3s(self, description):
+        """Listen for POP3 over implicit TLS (port 995 style) on this endpoint"""
+        self.listen("pop3s", description)
+
     def opt_rules(self, value):
         """SERVICE=PATH: tcprules text file or cdb for that listener (repeatable)"""
         name, path = _serviceValue("rules", value)
@@ -82,6 +97,8 @@ class Options(usage.Options):
         self["maxperip"][name] = n
 
     def postOptions(self):
+        if any(k in ("pop3", "pop3s") for k, _ in self["listeners"]) and not self["checkpassword"]:
+            raise usage.UsageError("--pop3/--pop3s need --checkpassword PROGRAM")
         if not self["listeners"]:
             self.listen("smtp", DEFAULT_SMTP)
 
