@@ -505,10 +505,12 @@ class ProgramQueue:
     The queue as an outside program (a C{QMAILQUEUE} set by a rules entry), run the
     way qmail.c runs qmail-queue: cwd the qmail root, message on fd 0, envelope on
     fd 1, notqmail's error text on fd 6.  Same C{begin()}/writer API as L{Queue}.
+    C{args} is the argv when the program needs arguments (default: the program alone).
     """
 
-    def __init__(self, program, root, env, reactor):
+    def __init__(self, program, root, env, reactor, args=None):
         self.program = os.fsencode(program)
+        self.args = [os.fsencode(a) for a in args] if args else [self.program]
         self.root = os.fsdecode(root)
         self.env = dict(env)
         self._reactor = reactor
@@ -526,7 +528,7 @@ class ProgramQueue:
         protocol = _QueueProgramProtocol()
         try:
             transport = self._reactor.spawnProcess(
-                protocol, self.program, [self.program], env=self.env, path=self.root,
+                protocol, self.program, self.args, env=self.env, path=self.root,
                 childFDs={0: "w", 1: "w", 2: 2, 6: "r"})
         except OSError:
             raise _failureFor(120)
