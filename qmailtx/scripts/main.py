@@ -6,6 +6,7 @@ qmail name, so messages read C{tcprules: fatal: ...} exactly as qmail's do.
 """
 
 import importlib
+import keyword
 import pkgutil
 import sys
 
@@ -14,7 +15,7 @@ import qmailtx.scripts
 
 def tools():
     return sorted(
-        m.name.replace("_", "-")
+        m.name.rstrip("_").replace("_", "-")
         for m in pkgutil.iter_modules(qmailtx.scripts.__path__)
         if m.name not in ("main", "common")
     )
@@ -33,7 +34,10 @@ def main(argv):
         sys.stderr.write(f"qmailtx: fatal: unknown tool {name!r}\n")
         usage(sys.stderr)
         return 100
-    module = importlib.import_module("qmailtx.scripts." + name.replace("-", "_"))
+    module = name.replace("-", "_")
+    if keyword.iskeyword(module):
+        module += "_"  # a tool named like a keyword (except) lives in except_.py
+    module = importlib.import_module("qmailtx.scripts." + module)
     return module.main([name] + argv[2:])
 
 
