@@ -111,7 +111,7 @@ def reports(ip, responses):
     """
     qmail-remote's reports for the QMTP responses, shaped like the SMTP ones so that
     L{qmailtx.remote.combine} treats both alike: C{Z}/C{D} responses become C{s}/C{h}
-    recipient reports with the response's text; the message report is C{K} with the
+    recipient reports with the response's text and a newline; the message report is C{K} with the
     first C{K} response's text (qmail-qmtpd gives every recipient of a package the same),
     or C{Giving up} when no recipient was accepted.
 
@@ -122,7 +122,7 @@ def reports(ip, responses):
         letter = response[:1]
         if letter not in _LETTERS:
             raise ValueError("garbled QMTP response")
-        recipients.append(_LETTERS[letter] + (response[1:] if letter != b"K" else b""))
+        recipients.append(_LETTERS[letter] + (response[1:] + b"\n" if letter != b"K" else b""))
         if letter == b"K" and accepted is None:
             accepted = response
     if accepted is None:
