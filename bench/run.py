@@ -41,6 +41,7 @@ def parseArguments(argv):
                         help="comma-separated peers (default: %(default)s)")
     parser.add_argument("--scenarios", default="",
                         help="only rows whose key contains one of these comma-separated words")
+    parser.add_argument("--messages", type=int, help="messages per batch, every size")
     parser.add_argument("--idle", type=int, help="idle connections for the memory row")
     parser.add_argument("--held", type=int, help="connections for the simultaneous row")
     parser.add_argument("--workdir", help="parent of the temporary work directory "
@@ -57,6 +58,9 @@ def makeSettings(args, client):
         settings.sessionsPerClient = 1
         settings.idleConnections = 500
         settings.heldConnections = 2000
+    if args.messages:
+        settings.batchMessages = {size: args.messages for size in settings.batchMessages}
+        settings.sessionsPerClient = 1
     if args.idle:
         settings.idleConnections = args.idle
     if args.held:

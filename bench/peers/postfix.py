@@ -1,7 +1,7 @@
 """
 An isolated Postfix instance (the Debian package), queue only.
 
-Its own config_directory (copies of /etc/postfix/main.cf and master.cf, edited with
+Its own config_directory (copies of the system's main.cf and master.cf, edited with
 C{postconf -c}), queue_directory and data_directory live in the peer directory; the system's
 instance, port 25 and /var/spool/postfix are never touched.  The only inet service is smtpd on
 127.0.0.1:PORT.  Every message is put on hold (C{smtpd_data_restrictions = check_client_access
@@ -19,7 +19,12 @@ from pathlib import Path
 
 from bench.peers import BENCH_DOMAIN, STOP_TIMEOUT, Peer, countFiles, registerPeer
 
-SYSTEM_CONFIG = Path("/etc/postfix")
+#: Where the starting main.cf and master.cf are copied from: the system's, else the package's
+#: templates (a "No configuration" install may leave /etc/postfix without them).
+TEMPLATES = {
+    "main.cf": [Path("/etc/postfix/main.cf"), Path("/usr/share/postfix/main.cf.debian")],
+    "master.cf": [Path("/etc/postfix/master.cf"), Path("/usr/share/postfix/master.cf.dist")],
+}
 #: Enough smtpd processes for the 2,000 idle connections and then some.
 PROCESS_LIMIT = 2500
 
@@ -58,8 +63,9 @@ class PostfixPeer(Peer):
         for program in ("postfix", "postconf"):
             if shutil.which(program) is None:
                 return f"{program} not installed (run bench/setup.sh)"
-        if not (SYSTEM_CONFIG / "main.cf").exists():
-            return f"no {SYSTEM_CONFIG}/main.cf"
+        for name, candidates in TEMPLATES.items():
+            if not any(p.exists() for p in candidates):
+                return f"no {name} to start from (looked for {', '.join(map(str, candidates))})"
         return None
 
     def version(self):
@@ -77,8 +83,8 @@ class PostfixPeer(Peer):
         for d in (self.config, self.spool, data):
             d.mkdir()
         shutil.chown(data, "postfix", "postfix")
-        for name in ("main.cf", "master.cf"):
-            shutil.copy(SYSTEM_CONFIG / name, self.config / name)
+        for name, candidates in TEMPLATES.items():
+            shutil.copy(next(p for p in candidates if p.exists()), self.config / name)
         settings = dict(SETTINGS, queue_directory=str(self.spool), data_directory=str(data),
                         maillog_file=str(self.directory / "maillog"),
                         maillog_file_prefixes=str(self.directory))
