@@ -6,7 +6,7 @@ it (C{qmtproutes}, C{smtproutes}, MX with A/AAAA fallback, MXPS, the self-MX rul
 connect-timeout table), speaks SMTP (L{qmailtx.smtpclient}) or QMTP
 (L{qmailtx.qmtpclient}) and returns one results value per recipient with qmail-remote's
 texts, combined as qmail-rspawn combines them.  Open SMTP connections are kept a few
-seconds per destination and reused (RSET between transactions).
+seconds per destination and reused (RSET before each further transaction).
 
 Reads C{control/} and the queue file; writes nothing on disk (the timeout table is kept in
 memory, spec/remote.md §6 allows it).  Must not import the queue, send or the servers.
@@ -272,15 +272,11 @@ class RemoteDeliverer:
             size = os.fstat(messageFile.fileno()).st_size
             attempt = yield smtpclient.transaction(client, sender, recipients, messageFile,
                                                    size)
-        self._keep(client, key)
-        return attempt
-
-    @defer.inlineCallbacks
-    def _keep(self, client, key):
-        if (yield smtpclient.reset(client)):
+        if client.reusable and client.connected:
             self.cache.give(key, client)
         else:
             client.quit()
+        return attempt
 
     @defer.inlineCallbacks
     def _candidates(self, host, route, qmtpRoute, mxps):

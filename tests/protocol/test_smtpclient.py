@@ -184,14 +184,23 @@ def test_multilineAndNulText():
     assert a.message.endswith(b"Remote host said: 250-first\n250 sec?nd\n")
 
 
-def test_resetForReuse():
-    """After a transaction RSET is sent and a 250 keeps the connection reusable."""
+def test_resetBeforeNextTransaction():
+    """A second transaction on a connection starts with RSET, pipelined with MAIL."""
     s = Session()
     s.deliver()
-    assert s.run(smtpclient.reset(s.client)) is True
-    assert s.server.lines[-1] == b"RSET"
+    assert b"RSET" not in s.server.lines
     a = s.run(smtpclient.transaction(s.client, b"s@y", [b"b@x"], io.BytesIO(b"2\n"), 2))
     assert a.message.startswith(b"K") and len(s.server.messages) == 2
+    assert s.server.lines[-4:] == [b"RSET", b"MAIL FROM:<s@y> SIZE=2", b"RCPT TO:<b@x>", b"DATA"]
+
+
+def test_resetWithoutPipelining():
+    """Without PIPELINING the RSET is its own round trip before MAIL."""
+    s = Session({"EHLO": b"250 fake\r\n"})
+    s.deliver()
+    a = s.run(smtpclient.transaction(s.client, b"s@y", [b"b@x"], io.BytesIO(b"2\n"), 2))
+    assert a.message.startswith(b"K")
+    assert s.server.lines[-4:-2] == [b"RSET", b"MAIL FROM:<s@y>"]
 
 
 def test_authNeedsTLS():
