@@ -61,6 +61,9 @@ class Batch:
 
     @property
     def rate(self):
+        """
+        Accepted messages per second.
+        """
         return self.accepted / self.seconds if self.seconds > 0 else 0.0
 
 
@@ -99,10 +102,16 @@ class IdleConnections:
         self.errors = {}
 
     def _fail(self, kind):
+        """
+        Count one failed connection of this kind.
+        """
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
     @property
     def errorCount(self):
+        """
+        All failed connections, of every kind.
+        """
         return sum(self.errors.values())
 
     def open(self, address, count, inFlight=64, timeout=60.0):
@@ -177,6 +186,9 @@ class IdleConnections:
         return alive
 
     def close(self):
+        """
+        Close every held connection (the server sees EOF, as from a client that gave up).
+        """
         for s in self.sockets:
             s.close()
         self.sockets = []

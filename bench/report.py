@@ -30,12 +30,18 @@ def summarize(scenario, samplesByPeer):
 
 
 def ratio(mine, theirs):
+    """
+    @return: C{mine / theirs}, or C{None} when either is missing.
+    """
     if mine is None or not theirs:
         return None
     return mine / theirs
 
 
-def _number(value, unit):
+def formatValue(value, unit):
+    """
+    @return: a table cell: whole numbers for rates and counts, one decimal otherwise.
+    """
     if value is None:
         return "n/a"
     if unit == "msg/s" or unit == "conns":
@@ -62,7 +68,7 @@ def table(rows, peers):
             if peer not in medians:
                 cells.append("-")
                 continue
-            text = _number(medians[peer], unit)
+            text = formatValue(medians[peer], unit)
             cells.append(text + ("!" if errors.get(peer) else ""))
         for peer in others:
             r = ratio(medians.get(REFERENCE), medians.get(peer))
@@ -77,6 +83,25 @@ def table(rows, peers):
                          for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([render(header), rule] + [render(row) for row in lines])
+
+
+def pairedRatios(samplesByPeer):
+    """
+    The median over rounds of qmailtx's value divided by each other peer's value in the same
+    round: less sensitive than the ratio of medians to the machine's load drifting during a run.
+
+    @return: C{{peer: median ratio}}, for peers with at least one round measured on both sides.
+    """
+    mine = samplesByPeer.get(REFERENCE, [])
+    paired = {}
+    for peer, samples in samplesByPeer.items():
+        if peer == REFERENCE:
+            continue
+        ratios = [ratio(a.value, b.value) for a, b in zip(mine, samples)]
+        ratios = [r for r in ratios if r is not None]
+        if ratios:
+            paired[peer] = statistics.median(ratios)
+    return paired
 
 
 def record(environment, settings, peers, results):
@@ -95,6 +120,7 @@ def record(environment, settings, peers, results):
             "errors": summary["errors"],
             "ratios": {p: ratio(summary["medians"].get(REFERENCE), summary["medians"].get(p))
                        for p in summary["medians"] if p != REFERENCE},
+            "pairedRatios": pairedRatios(samplesByPeer),
             "target": {"passed": summary["target"][0], "text": summary["target"][1]},
             "samples": {peer: [{"value": s.value, "errors": s.errors, "detail": s.detail}
                                for s in samples]

@@ -31,6 +31,9 @@ FULL_ROUNDS = 5
 
 
 def parseArguments(argv):
+    """
+    @return: the command line's options.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m bench", description="qmailtx against Postfix and aiosmtpd")
     parser.add_argument("--quick", action="store_true",
@@ -52,6 +55,9 @@ def parseArguments(argv):
 
 
 def makeSettings(args, client):
+    """
+    @return: the L{Settings} of this run: the full sizes, or C{--quick}'s, then overrides.
+    """
     settings = Settings(client=str(client))
     if args.quick:
         settings.batchMessages = {KB: 100, 50 * KB: 50}
@@ -69,16 +75,25 @@ def makeSettings(args, client):
 
 
 def selectScenarios(words):
+    """
+    @return: the scenarios whose key contains one of the comma-separated words (all if none).
+    """
     words = [w for w in words.split(",") if w]
     return [s for s in SCENARIOS if not words or any(w in s.key for w in words)]
 
 
 def say(text):
+    """
+    Progress goes to stderr, so that stdout holds only the table.
+    """
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
 
 
 def measure(scenario, peer, settings):
+    """
+    Take one sample; a scenario that breaks records its exception instead of ending the run.
+    """
     try:
         return scenario.measure(peer, settings)
     except Exception as e:
@@ -109,6 +124,10 @@ def startPeers(names, workdir, skipped, running):
 
 
 def runRounds(scenarios, peers, settings, rounds, samples):
+    """
+    Measure every repeated scenario on every peer, C{rounds} times; within a round each row is
+    taken on all peers back to back, and the peers' order rotates from round to round.
+    """
     for n in range(rounds):
         order = peers[n % len(peers):] + peers[:n % len(peers)]
         for scenario in scenarios:
@@ -118,11 +137,15 @@ def runRounds(scenarios, peers, settings, rounds, samples):
                 sample = measure(scenario, peer, settings)
                 samples[scenario.key].setdefault(peer.name, []).append(sample)
                 say(f"round {n + 1}/{rounds} {scenario.key:32} {peer.name:9} "
-                    f"{report._number(sample.value, scenario.unit):>8} {scenario.unit}"
+                    f"{report.formatValue(sample.value, scenario.unit):>8} {scenario.unit}"
                     + (f"  errors={sample.errors}" if sample.errors else ""))
 
 
 def runOnce(scenarios, peers, settings, samples):
+    """
+    Measure each once-only scenario on each of its peers, restarted first so that nothing
+    left from earlier rows (Postfix's idle smtpd processes, Python's heap) skews it.
+    """
     for scenario in scenarios:
         for peer in peers:
             if scenario.only and peer.name not in scenario.only:
@@ -135,7 +158,7 @@ def runOnce(scenarios, peers, settings, samples):
                 sample = measure(scenario, peer, settings)
             samples[scenario.key].setdefault(peer.name, []).append(sample)
             say(f"once    {scenario.key:32} {peer.name:9} "
-                f"{report._number(sample.value, scenario.unit):>8} {scenario.unit}"
+                f"{report.formatValue(sample.value, scenario.unit):>8} {scenario.unit}"
                 + (f"  errors={sample.errors}" if sample.errors else ""))
 
 
@@ -159,6 +182,9 @@ def checkStored(peers, scenarios, samples):
 
 
 def environment(peers, skipped, rounds):
+    """
+    @return: what the JSON record needs to tell one run from another.
+    """
     import twisted
     return {
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),

@@ -99,6 +99,11 @@ def smtpRate(clients, perConnection, size):
 
 
 def holdIdle(count, settings, peer):
+    """
+    Hold C{count} idle connections to C{peer} and read its memory before and while it has them.
+
+    @return: C{(held, errors, detail)}.
+    """
     before = memoryOf(peer.pids())
     connections = IdleConnections().open(peer.address, count)
     time.sleep(SETTLE_SECONDS)
