@@ -308,3 +308,38 @@ class OwnListenerTests(unittest.TestCase):
         self.assertIsInstance(results[0], Delivered, repr(results))
         self.assertTrue(results[0].text.startswith(b"ok "), results)
         self.assertIn(b"with QMTP", self.queued()[0])
+
+
+class IPv6Tests(unittest.TestCase):
+    """AAAA records are tried as well as A records."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="qmailtx-remote-v6-")
+        control = os.path.join(self.dir, "control")
+        os.mkdir(control)
+        with open(os.path.join(control, "me"), "wb") as f:
+            f.write(b"me.example\n")
+        import socket
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            port = s.getsockname()[1]
+        self.smtp, self.recorder = startAiosmtpd("::1", port)
+        self.addCleanup(self.smtp.stop)
+        records = {"v6.example.org": [(dns.MX, (10, "mx6.example.org"))],
+                   "mx6.example.org": [(dns.AAAA, "::1")]}
+        self.dnsPort, resolver = startDNS(reactor, records)
+        self.addCleanup(self.dnsPort.stopListening)
+        self.deliverer = RemoteDeliverer(ControlDir(control), reactor, resolver,
+                                         ipme={b"127.0.0.1"}, smtpPort=port)
+        self.addCleanup(self.deliverer.stop)
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    async def test_aaaaOnly(self):
+        """An MX with only an AAAA record is reached over IPv6; the report names ::1."""
+        path = os.path.join(self.dir, "m")
+        with open(path, "wb") as f:
+            f.write(MESSAGE)
+        results = await self.deliverer.deliver(b"v6.example.org", b"a@example.net",
+                                               [b"joe@v6.example.org"], path)
+        self.assertEqual(results[0], Delivered(
+            b"::1 accepted message.\nRemote host said: 250 2.0.0 ok stored\n"))
