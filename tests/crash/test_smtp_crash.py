@@ -90,6 +90,8 @@ def test_killUnderLoad(qmailRoot):
     mess, todo = queueContents(root)
     for msgid, data in todo.items():
         assert msgid in mess, f"todo/{msgid} without its message"
+        if b" invoked for bounce); " in mess[msgid].split(b"\n", 1)[0]:
+            continue  # the queue manager bounced a test message: not an SMTP injection
         token = tokenOf(mess[msgid])
         assert token is not None and mess[msgid].endswith(f"END {token}\n".encode()), \
             f"half-written message {msgid} in todo/"
