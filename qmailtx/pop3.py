@@ -261,20 +261,28 @@ class POP3Server(Popup, protocol.Protocol, TimeoutMixin):
         total = sum(size for (name, size), gone in zip(self.messages, self.deleted) if not gone)
         self.reply(b"+OK %d %d" % (len(self.messages), total))
 
-    def _listing(self, arg, value):
+    def _listing(self, arg, kind, value):
         if arg:
             i = self.msgno(arg)
             if i is not None:
                 self.reply(b"+OK %d %s" % (i + 1, value(self.messages[i])))
             return
-        self.replyLines(OK, [b"%d %s" % (i + 1, value(m))
-                             for i, m in enumerate(self.messages) if not self.deleted[i]])
+        replies = getattr(self.messages, "replies", None)
+        untouched = replies is not None and not any(self.deleted)
+        if untouched and kind in replies:
+            return self.transport.write(replies[kind])
+        text = b"\r\n".join([OK] + [b"%d %s" % (i + 1, value(m))
+                                     for i, m in enumerate(self.messages)
+                                     if not self.deleted[i]] + [b".", b""])
+        if untouched:
+            replies[kind] = text
+        self.transport.write(text)
 
     def t_LIST(self, arg):
-        self._listing(arg, lambda m: b"%d" % m[1])
+        self._listing(arg, b"LIST", lambda m: b"%d" % m[1])
 
     def t_UIDL(self, arg):
-        self._listing(arg, lambda m: uidOf(m[0]))
+        self._listing(arg, b"UIDL", lambda m: uidOf(m[0]))
 
     def t_DELE(self, arg):
         i = self.msgno(arg)
@@ -318,7 +326,8 @@ class POP3Server(Popup, protocol.Protocol, TimeoutMixin):
 
     def t_QUIT(self, arg):
         deleted = [m[0] for m, gone in zip(self.messages, self.deleted) if gone]
-        kept = [m[0] for m, gone in zip(self.messages, self.deleted) if not gone]
+        kept = [m[0] for m, gone in zip(self.messages, self.deleted)
+                if not gone and m[0].startswith(b"new/")]
         self._hold()
         self.state = "update"
         d = self.mailbox.update(deleted, kept)

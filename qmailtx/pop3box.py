@@ -114,6 +114,12 @@ def workerCommand():
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(maildir.__file__)))
 
 
+OPEN_CHUNK = 65536
+"""Bytes of a message sent with the open reply: small messages take one round trip."""
+
+LISTING_CACHE = 64
+"""Maildir listings the daemon keeps, so an unchanged 50,000-message listing is not resent."""
+
 WORKER_IDLE = 300.0
 """Seconds an unused owner worker is kept, so its scan cache serves the next login."""
 
@@ -187,18 +193,27 @@ class _WorkerProtocol(protocol.ProcessProtocol):
 
 
 class _WorkerSource:
-    def __init__(self, worker, handle):
+    """A message file open in the worker; the first chunk came with the open reply."""
+
+    def __init__(self, worker, handle, first):
         self.worker = worker
         self.handle = handle
+        self.first = first
 
     def read(self, n):
+        if self.first is not None:
+            first, self.first = self.first, None
+            return defer.succeed(first)
+        if not self.handle:
+            return defer.succeed(b"")
         d = self.worker.request(b"R", self.handle, b"%d" % n)
         d.addCallback(_expectOk)
         return d
 
     def close(self):
-        if not self.worker.dead:
+        if self.handle and not self.worker.dead:
             self.worker.request(b"C", self.handle).addErrback(lambda f: None)
+        self.handle = b""
 
 
 def _expectOk(frame):
@@ -214,10 +229,14 @@ class OwnerMailbox:
         self.messages = messages
 
     def openMessage(self, name):
-        d = self.worker.request(b"O", self.path, name)
+        d = self.worker.request(b"O", self.path, name, b"%d" % OPEN_CHUNK)
         d.addCallback(_expectOk)
-        d.addCallback(lambda handle: _WorkerSource(self.worker, handle))
+        d.addCallback(self._cbOpened)
         return d
+
+    def _cbOpened(self, reply):
+        handle, _, first = reply.partition(b"\0")
+        return _WorkerSource(self.worker, handle, first)
 
     def update(self, deleted, kept):
         d = self.worker.request(b"U", self.path, b"\0".join(deleted), b"\0".join(kept))
@@ -245,6 +264,7 @@ class OwnerMailboxes:
         self.command = command or workerCommand()
         self.workers = {}
         self.live = set()
+        self.listings = {}
 
     def worker(self, uid, gid):
         key = (uid, gid)
@@ -271,7 +291,8 @@ class OwnerMailboxes:
         except Exception:
             return defer.fail(maildir.ScanError())
         w.hold()
-        d = w.request(b"L", path)
+        known = self.listings.get(path)
+        d = w.request(b"L", path, known.version if known is not None else b"")
         d.addCallback(self._cbListed, w, path)
         d.addErrback(self._ebListed, w)
         return d
@@ -279,9 +300,20 @@ class OwnerMailboxes:
     def _cbListed(self, frame, w, path):
         if frame == b"-nomaildir":
             raise maildir.NoMaildir()
-        if frame[:1] != b"+":
+        if frame[:1] == b"=":
+            listing = self.listings.get(path)
+            if listing is None or listing.version != frame[1:]:
+                raise maildir.ScanError()
+        elif frame[:1] == b"+":
+            version, _, data = frame[1:].partition(b"\0")
+            listing = maildir.Listing(wire.decodeListing(data), version)
+            self.listings.pop(path, None)
+            if len(self.listings) >= LISTING_CACHE:
+                del self.listings[next(iter(self.listings))]
+            self.listings[path] = listing
+        else:
             raise maildir.ScanError()
-        return OwnerMailbox(w, path, wire.decodeListing(frame[1:]))
+        return OwnerMailbox(w, path, listing)
 
     def _ebListed(self, failure, w):
         w.unhold()

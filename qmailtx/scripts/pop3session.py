@@ -5,8 +5,10 @@ When the daemon runs as root it starts this program under the owner's uid/gid (o
 (uid, gid), reused) and keeps the socket and TLS itself.  Requests arrive on stdin, replies
 leave on stdout, both as netstring frames; one reply per request, in order:
 
-  - C{L path} ⇒ C{+} listing (C{name\\0size\\0}…), C{-nomaildir} or C{-scan}
-  - C{O path name} ⇒ C{+handle} or C{-error}
+  - C{L path version} ⇒ C{=} if the listing still has that version, else
+    C{+version\\0} and the listing (C{name\\0size\\0}…); or C{-nomaildir}, C{-scan}
+  - C{O path name n} ⇒ C{+handle\\0} and the first n bytes (handle empty when that was
+    all: the file is closed already), or C{-error}
   - C{R handle n} ⇒ C{+bytes} (empty at end of file) or C{-error}
   - C{C handle} ⇒ C{+}
   - C{U path deleted kept} (names C{\\0}-separated) ⇒ C{+failures}
@@ -108,21 +110,32 @@ class Session:
         verb = fields[0]
         if verb == b"L":
             try:
-                return b"+" + encodeListing(self.box(fields[1]).login())
+                listing = self.box(fields[1]).login()
             except maildir.NoMaildir:
                 return b"-nomaildir"
             except (maildir.ScanError, OSError):
                 return b"-scan"
+            if len(fields) > 2 and fields[2] == listing.version:
+                return b"=" + listing.version
+            encoded = listing.replies.get(b"wire")
+            if encoded is None:
+                encoded = listing.replies[b"wire"] = encodeListing(listing)
+            return b"+" + listing.version + b"\0" + encoded
         if verb == b"O":
+            n = min(int(fields[3]), READ_LIMIT)
             try:
                 f = self.box(fields[1]).open(fields[2])
+                first = f.read(n)
             except OSError as e:
                 return b"-" + str(e).encode("utf-8", "replace")
+            if len(first) < n:
+                f.close()
+                return b"+\0" + first
             self.nextHandle += 1
             self.files[b"%d" % self.nextHandle] = f
             if len(self.files) > OPEN_LIMIT:
                 self.files.pop(next(iter(self.files))).close()
-            return b"+%d" % self.nextHandle
+            return b"+%d\0" % self.nextHandle + first
         if verb == b"R":
             f = self.files.get(fields[1])
             if f is None:
