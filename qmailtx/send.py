@@ -183,7 +183,7 @@ class Sender(service.Service):
     def _refuse(self, why):
         log.alert("cannot start: " + why)
         self.running = False
-        if self.reactor.running:
+        if getattr(self.reactor, "running", False):
             self.reactor.stop()
 
     def _lockMutex(self):
@@ -231,9 +231,9 @@ class Sender(service.Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._closeTrigger()
-        self._idle = defer.Deferred()
+        d = self._idle = defer.Deferred()
         self._checkIdle()
-        return self._idle.addCallback(self._persist)
+        return d.addCallback(self._persist)
 
     def _checkIdle(self):
         busy = any(lane.running for lane in self.lanes.values())
@@ -448,20 +448,32 @@ class Sender(service.Service):
             self._pump(lane)
 
     def _pump(self, lane):
+        """Start what the lane's free slots allow; re-entered calls (synchronous results) just ask for another round."""
         if self.paused or self.stopping or not self._loaded:
             return
-        while lane.running < lane.concurrency:
-            if lane.active:
-                channel = lane.active[0]
-                self._startDelivery(lane, channel)
-                if not channel.toStart:
-                    lane.active.popleft()
-            elif lane.due:
-                channel = lane.due.popleft()
-                channel.queued = False
-                self._beginPass(lane, channel)
-            else:
-                return
+        if lane.pumping:
+            lane.again = True
+            return
+        lane.pumping = True
+        try:
+            lane.again = True
+            while lane.again:
+                lane.again = False
+                while lane.running < lane.concurrency:
+                    if lane.active:
+                        channel = lane.active[0]
+                        if not channel.toStart:
+                            lane.active.popleft()
+                            continue
+                        self._startDelivery(lane, channel)
+                    elif lane.due:
+                        channel = lane.due.popleft()
+                        channel.queued = False
+                        self._beginPass(lane, channel)
+                    else:
+                        break
+        finally:
+            lane.pumping = False
 
     def _beginPass(self, lane, channel):
         now = self.now()
@@ -615,7 +627,10 @@ class Sender(service.Service):
             log.event(f"triple bounce: discarding bounce/{job.msgid}")
             return self._finish(job.msgid)
         bounceSender, recipient = envelope
-        writer = self.queue.begin(b"for bounce")
+        try:
+            writer = self.queue.begin(b"for bounce")
+        except (TempFailure, PermFailure):
+            return self._ebBounce(None, job)
         writer.write(bounceHead(sender, recipient, text, self.now(), self.config.bouncefrom,
                                 self.config.bouncehost))
         writer.write(original)
@@ -628,6 +643,8 @@ class Sender(service.Service):
 
     def _ebBounce(self, failure, job):
         log.warning("trouble injecting bounce message, will try later")
+        if failure is not None and not failure.check(TempFailure, PermFailure, OSError):
+            _log.failure("bounce injection", failure)
         if not self.stopping:
             self.reactor.callLater(BOUNCE_RETRY, self._injectBounce, job)
 

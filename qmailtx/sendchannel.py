@@ -25,6 +25,8 @@ class Lane:
         self.skip = skip
         self.concurrency = concurrency
         self.running = 0
+        self.pumping = False
+        self.again = False
         self.due = deque()
         self.active = deque()
 

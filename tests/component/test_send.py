@@ -1,0 +1,424 @@
+"""
+qmail-send (L{qmailtx.send.Sender}) on a real queue directory, with a fake clock, file work
+run inline, and stand-in local/remote channels: preprocessing, scheduling, retries,
+queuelifetime, bounces, restart recovery and the log lines.
+"""
+
+import os
+import re
+import time
+
+import pytest
+from twisted.internet import defer, task
+from twisted.logger import globalLogPublisher
+
+from qmailtx import sendqueue
+from qmailtx.control import ControlDir
+from qmailtx.queue import Queue
+from qmailtx.results import Delivered, PermFailure, TempFailure
+from qmailtx.send import Sender
+
+
+def inline(f, *args):
+    return defer.maybeDeferred(f, *args)
+
+
+class Channel:
+    """A local or remote channel that records calls and answers from a script."""
+
+    def __init__(self, answer=None):
+        self.calls = []
+        self.answer = answer or (lambda *a: Delivered(b"did 1+0+0\n"))
+        self.held = []
+
+    def deliver(self, *args):
+        self.calls.append(args)
+        result = self.answer(*args)
+        if result == "hold":
+            d = defer.Deferred()
+            self.held.append(d)
+            return d
+        return defer.succeed(result)
+
+
+class Remote(Channel):
+    def deliver(self, host, sender, recipients, messPath):
+        self.calls.append((host, sender, list(recipients), messPath))
+        results = [self.answer(r) for r in recipients]
+        if "hold" in results:
+            d = defer.Deferred()
+            self.held.append(d)
+            return d
+        return defer.succeed(results)
+
+
+@pytest.fixture
+def lines():
+    """Every qmail log line emitted during the test, in order."""
+    seen = []
+
+    def observer(event):
+        if "qmail" in event:
+            seen.append(event["qmail"])
+    globalLogPublisher.addObserver(observer)
+    yield seen
+    globalLogPublisher.removeObserver(observer)
+
+
+class World:
+    """A root, a clock at the real time, a queue, and a sender built on demand."""
+
+    def __init__(self, root):
+        self.root = str(root)
+        self.clock = task.Clock()
+        self.clock.advance(time.time())
+        self.queue = Queue(self.root, self.clock, runBlocking=inline)
+        self.controls = ControlDir(os.path.join(self.root, "control"))
+        self.local = Channel()
+        self.remote = Remote()
+        self.sender = None
+
+    def control(self, name, text):
+        with open(os.path.join(self.root, "control", name), "wb") as f:
+            f.write(text)
+
+    def start(self):
+        self.sender = Sender(self.queue, self.controls, self.clock, self.local, self.remote,
+                             runBlocking=inline)
+        self.sender.startService()
+        return self.sender
+
+    def stop(self):
+        d = self.sender.stopService()
+        self.queue._observers.clear()
+        return d
+
+    def inject(self, sender, recipients, body=b"Subject: t\n\nhello\n", how=b"from network"):
+        writer = self.queue.begin(how)
+        writer.write(body)
+        return writer.commitSync(sender, recipients)
+
+    def files(self, kind):
+        top = os.path.join(self.queue.queueDir, kind)
+        out = []
+        for dirpath, _, names in os.walk(top):
+            out += [int(n) for n in names if n.isdigit()]
+        return sorted(out)
+
+    def read(self, kind, msgid):
+        with open(sendqueue.path(self.queue.queueDir, kind, msgid), "rb") as f:
+            return f.read()
+
+    def messages(self):
+        """Every message in mess/: (msgid, contents)."""
+        return [(m, self.read("mess", m)) for m in self.files("mess")]
+
+    def advanceTo(self, when):
+        self.clock.advance(max(0, when - self.clock.seconds()))
+
+
+@pytest.fixture
+def world(qmailRoot):
+    w = World(qmailRoot)
+    yield w
+    if w.sender is not None and w.sender.running:
+        w.stop()
+
+
+def test_preprocessAndDeliver(world, lines):
+    """todo/ becomes info+local+remote (rewritten), both channels deliver, the message is removed."""
+    world.start()
+    msgid = world.inject(b"joe@example.org", [b"Postmaster@MX.example.com", b"bob@elsewhere.org",
+                                              b"nohost"])
+    assert world.local.calls[0][1:] == (b"joe@example.org", b"Postmaster@MX.example.com")
+    assert world.local.calls[1][1:] == (b"joe@example.org", b"nohost@mx.example.com")
+    assert world.remote.calls == [(b"elsewhere.org", b"joe@example.org", [b"bob@elsewhere.org"],
+                                   sendqueue.path(world.queue.queueDir, "mess", msgid))]
+    for kind in ("todo", "intd", "info", "local", "remote", "mess"):
+        assert world.files(kind) == [], kind
+    assert lines[0] == f"new msg {msgid}"
+    assert re.fullmatch(rf"info msg {msgid}: bytes \d+ from <joe@example.org> qp \d+ uid "
+                        rf"{os.getuid()}", lines[1])
+    assert f"starting delivery 1: msg {msgid} to local Postmaster@MX.example.com" in lines
+    assert "delivery 1: success: did_1+0+0/" in lines
+    assert "status: local 1/10 remote 0/20" in lines
+    assert lines[-1] == f"end msg {msgid}"
+
+
+def test_preprocessedFilesOnDisk(world):
+    """Before delivery: info holds F<sender>, local/remote hold T records, todo/intd are gone."""
+    world.control("concurrencylocal", b"0\n")
+    world.control("concurrencyremote", b"0\n")
+    world.start()
+    msgid = world.inject(b"joe@example.org", [b"a@localhost", b"b@x.org", b"c@localhost"])
+    assert world.read("info", msgid) == b"Fjoe@example.org\0"
+    assert world.read("local", msgid) == b"Ta@localhost\0Tc@localhost\0"
+    assert world.read("remote", msgid) == b"Tb@x.org\0"
+    assert world.files("todo") == [] and world.files("intd") == []
+    assert world.local.calls == [] and world.remote.calls == []
+
+
+def test_localRetrySchedule(world, lines):
+    """A local deferral is retried at birth+100 s, then birth+400 s, not earlier."""
+    world.local.answer = lambda *a: TempFailure(b"try later\n")
+    world.start()
+    msgid = world.inject(b"joe@example.org", [b"a@localhost"])
+    birth = world.sender.jobs[msgid].birth
+    assert len(world.local.calls) == 1
+    world.advanceTo(birth + 99)
+    assert len(world.local.calls) == 1
+    world.advanceTo(birth + 100)
+    assert len(world.local.calls) == 2
+    world.advanceTo(birth + 399)
+    assert len(world.local.calls) == 2
+    world.advanceTo(birth + 400)
+    assert len(world.local.calls) == 3
+    assert "delivery 1: deferral: try_later/" in lines
+    assert world.files("local") == [msgid]
+
+
+def test_remoteRetrySchedule(world):
+    """A remote deferral is retried at birth+400 s (C=20)."""
+    world.remote.answer = lambda r: TempFailure(b"no\n")
+    world.start()
+    msgid = world.inject(b"joe@example.org", [b"a@x.org"])
+    birth = world.sender.jobs[msgid].birth
+    world.advanceTo(birth + 399)
+    assert len(world.remote.calls) == 1
+    world.advanceTo(birth + 400)
+    assert len(world.remote.calls) == 2
+
+
+def test_queuelifetimeBounces(world, lines):
+    """After queuelifetime the next attempt's deferral becomes a failure and a bounce."""
+    world.control("queuelifetime", b"1000\n")
+    world.local.answer = lambda m, s, r: (TempFailure(b"mailbox busy\n")
+                                          if r == b"a@localhost" else "hold")
+    world.start()
+    msgid = world.inject(b"joe@localhost", [b"a@localhost"])
+    birth = world.sender.jobs[msgid].birth
+    for when in (100, 400, 900):
+        world.advanceTo(birth + when)
+    assert len(world.local.calls) == 4
+    world.advanceTo(birth + 1599)
+    assert len(world.local.calls) == 4
+    world.advanceTo(birth + 1600)
+    assert len(world.local.calls) == 6  # the last try, then the bounce to joe@localhost
+    assert any("failure: mailbox_busy/I'm_not_going_to_try_again;" in l for l in lines)
+    [(bounceId, bounce)] = world.messages()
+    assert b"<a@localhost>:\nmailbox busy\nI'm not going to try again; this message has been " \
+           b"in the queue too long.\n\n" in bounce
+    assert world.local.calls[-1][2] == b"joe@localhost"
+
+
+def test_bounceMessage(world, lines):
+    """A permanent failure bounces to the sender with qmail's text and the original attached."""
+    world.control("bouncehost", b"bh.example.com\n")
+    world.local.answer = (lambda m, s, r: PermFailure(b"Sorry, no mailbox here by that name. "
+                                                      b"(#5.1.1)\n")
+                          if r == b"bad@localhost" else "hold")
+    world.start()
+    msgid = world.inject(b"joe@localhost", [b"bad@localhost"], body=b"Subject: orig\n\nbody\n")
+    [(bounceId, bounce)] = world.messages()
+    assert bounceId != msgid
+    head, rest = bounce.split(b"\n", 1)
+    assert head.startswith(b"Received: (qmail ") and b" invoked for bounce); " in head
+    assert re.match(rb"Date: \d+ [A-Z][a-z][a-z] \d{4} \d\d:\d\d:\d\d -0000\n", rest)
+    expected = (b"From: MAILER-DAEMON@bh.example.com\n"
+                b"To: joe@localhost\n"
+                b"Subject: failure notice\n\n"
+                b"Hi. This is the qmail-send program at bh.example.com.\n"
+                b"I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+                b"This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
+                b"<bad@localhost>:\n"
+                b"Sorry, no mailbox here by that name. (#5.1.1)\n\n"
+                b"--- Below this line is a copy of the message.\n\n"
+                b"Return-Path: <joe@localhost>\n"
+                b"Received: (qmail ")
+    body = rest.split(b"\n", 1)[1]
+    assert body.startswith(expected)
+    assert re.search(rb"\nReceived: \(qmail \d+ invoked from network\); [^\n]+\n"
+                     rb"Subject: orig\n\nbody\n$", body)
+    assert f"bounce msg {msgid} qp " in "\n".join(lines)
+    assert "delivery 1: failure: Sorry,_no_mailbox_here_by_that_name._(#5.1.1)/" in lines
+    assert world.local.calls[-1][1:] == (b"", b"joe@localhost")
+
+
+def test_doubleAndTripleBounce(world, lines):
+    """A bounce that bounces goes to doublebounceto@doublebouncehost from #@[]; a third is discarded."""
+    world.control("doublebounceto", b"dbl\n")
+    world.control("doublebouncehost", b"dbh.example\n")
+    world.local.answer = lambda m, s, r: PermFailure(b"no\n") if r != b"dbl@localhost" else "hold"
+    world.remote.answer = lambda r: "hold"
+    world.start()
+    world.inject(b"", [b"bad@localhost"])
+    assert world.remote.calls[0][:3] == (b"dbh.example", b"#@[]", [b"dbl@dbh.example"])
+    [(_, bounce)] = world.messages()
+    world.remote.held[0].callback([PermFailure(b"remote says no\n")])
+    assert b"I tried to deliver a bounce message to this address, but the bounce bounced!\n\n" \
+        b"<bad@localhost>:\nno\n\n--- Below this line is the original bounce.\n\n" \
+        b"Return-Path: <>\n" in bounce
+    assert any(l.startswith("triple bounce: discarding bounce/") for l in lines)
+    assert world.messages() == []
+    assert world.files("bounce") == []
+
+
+def test_verpSenderPerDelivery(world):
+    """A sender ending in -@[] becomes prefix+box=dom@host for each recipient; bounces go to its plain form."""
+    world.local.answer = lambda m, s, r: PermFailure(b"no\n") if r == b"x@localhost" else \
+        Delivered(b"")
+    world.start()
+    world.inject(b"list-owner-@localhost-@[]", [b"joe@localhost", b"x@localhost"])
+    senders = [c[1] for c in world.local.calls[:2]]
+    assert senders == [b"list-owner-joe=localhost@localhost", b"list-owner-x=localhost@localhost"]
+    assert world.local.calls[2][2] == b"list-owner-@localhost"
+
+
+def test_concurrencyAndMarks(world):
+    """concurrencylocal bounds running deliveries; finished records of a file are marked D."""
+    world.control("concurrencylocal", b"2\n")
+    world.local.answer = lambda *a: "hold"
+    world.start()
+    msgid = world.inject(b"joe@example.org", [b"a@localhost", b"b@localhost", b"c@localhost"])
+    assert len(world.local.calls) == 2
+    world.local.held[0].callback(Delivered(b""))
+    assert len(world.local.calls) == 3
+    assert world.read("local", msgid) == b"Da@localhost\0Tb@localhost\0Tc@localhost\0"
+    assert world.sender.statusText() == "local 2/2 remote 0/20"
+    world.local.held[1].callback(TempFailure(b"later\n"))
+    world.local.held[2].callback(Delivered(b""))
+    assert world.read("local", msgid) == b"Da@localhost\0Tb@localhost\0Dc@localhost\0"
+    birth = world.sender.jobs[msgid].birth
+    world.local.answer = lambda *a: Delivered(b"")
+    world.advanceTo(birth + 100)
+    assert world.local.calls[-1][2] == b"b@localhost"
+    assert world.files("mess") == []
+
+
+def test_remoteBatching(world):
+    """Recipients of one message on one host go in one remote call; other hosts get their own."""
+    world.start()
+    world.inject(b"joe@example.org", [b"a@x.org", b"b@y.org", b"c@X.org"])
+    assert sorted((c[0], c[2]) for c in world.remote.calls) == [
+        (b"x.org", [b"a@x.org", b"c@X.org"]), (b"y.org", [b"b@y.org"])]
+
+
+def test_restartRecovery(world, lines):
+    """On start: leftover todo/ is preprocessed afresh, preprocessed messages are delivered."""
+    world.control("concurrencylocal", b"0\n")
+    world.start()
+    first = world.inject(b"joe@example.org", [b"a@localhost"])
+    world.stop()
+    # A crash between todo/ and preprocessing: todo/ present, with a stale info file.
+    world.queue._observers.clear()
+    second = world.inject(b"joe@example.org", [b"b@localhost"])
+    with open(sendqueue.path(world.queue.queueDir, "info", second), "wb") as f:
+        f.write(b"Fstale\0")
+    os.unlink(os.path.join(world.root, "control", "concurrencylocal"))
+    world.start()
+    assert sorted(c[2] for c in world.local.calls) == [b"a@localhost", b"b@localhost"]
+    assert world.files("mess") == []
+    assert f"end msg {first}" in lines and f"end msg {second}" in lines
+
+
+def test_schedulePersistedOnStop(world, lines):
+    """SIGTERM: the next attempt becomes the channel file's mtime, and status: exiting is logged."""
+    world.local.answer = lambda *a: TempFailure(b"later\n")
+    world.start()
+    msgid = world.inject(b"joe@example.org", [b"a@localhost"])
+    birth = world.sender.jobs[msgid].birth
+    world.stop()
+    mtime = os.stat(sendqueue.path(world.queue.queueDir, "local", msgid)).st_mtime
+    assert mtime == pytest.approx(birth + 100, abs=1)
+    assert lines[-1] == "status: exiting"
+    world.local.answer = lambda *a: Delivered(b"")
+    world.start()
+    assert len(world.local.calls) == 1
+    world.advanceTo(mtime)
+    assert len(world.local.calls) == 2
+
+
+def test_flushRetriesNow(world):
+    """SIGALRM (flush): a deferred message is tried again at once."""
+    world.local.answer = lambda *a: TempFailure(b"later\n")
+    world.start()
+    world.inject(b"joe@example.org", [b"a@localhost"])
+    world.sender.flush()
+    assert len(world.local.calls) == 2
+
+
+def test_pauseAndResume(world):
+    """ctl pause stops new deliveries; cont starts them again."""
+    world.start()
+    world.sender.pause()
+    world.inject(b"joe@example.org", [b"a@localhost"])
+    assert world.local.calls == []
+    world.sender.resume()
+    assert len(world.local.calls) == 1
+
+
+def test_reloadLocals(world):
+    """SIGHUP re-reads locals and virtualdomains for messages preprocessed afterwards."""
+    world.control("concurrencyremote", b"0\n")
+    world.start()
+    world.inject(b"joe@example.org", [b"a@new.example"])
+    world.control("locals", b"new.example\n")
+    world.control("virtualdomains", b"virt.example:joe\n")
+    world.sender.reload()
+    world.inject(b"joe@example.org", [b"a@new.example", b"info@virt.example"])
+    assert [c[2] for c in world.local.calls] == [b"a@new.example", b"joe-info@virt.example"]
+
+
+def test_virtualPrependStrippedInBounce(world):
+    """A bounce names a virtual-domain recipient without its prepend."""
+    world.control("virtualdomains", b"virt.example:joe\n")
+    world.local.answer = lambda m, s, r: PermFailure(b"no\n") if r.startswith(b"joe-") \
+        else "hold"
+    world.start()
+    world.inject(b"sender@localhost", [b"info@virt.example"])
+    [(_, bounce)] = world.messages()
+    assert b"\n<info@virt.example>:\nno\n\n" in bounce
+
+
+def test_unknownRecordLeftInTodo(world, lines):
+    """A todo file with an unknown record is left for later with qmail's warning."""
+    world.control("concurrencylocal", b"0\n")
+    world.start()
+    world.queue._observers.clear()
+    msgid = world.inject(b"joe@example.org", [b"a@localhost"])
+    with open(os.path.join(world.queue.queueDir, "todo", str(msgid)), "ab") as f:
+        f.write(b"Xodd\0")
+    world.sender.todoArrived(msgid)
+    assert f"warning: unknown record type in todo/{msgid}" in lines
+    assert world.files("todo") == [msgid]
+
+
+def test_secondSenderRefuses(world, lines):
+    """A second qmail-send on the same queue refuses to start."""
+    world.start()
+    other = Sender(world.queue, world.controls, world.clock, Channel(), Remote(),
+                   runBlocking=inline)
+    other.startService()
+    assert "alert: cannot start: qmail-send is already running" in lines
+    assert other.lanes == {}
+
+
+def test_bounceFailureRetried(world, lines):
+    """A bounce that cannot be injected is retried later, and the message is kept until then."""
+    world.local.answer = lambda m, s, r: PermFailure(b"no\n") if r == b"bad@localhost" else "hold"
+    world.start()
+    real = world.queue.begin
+    calls = []
+
+    def failing(how):
+        calls.append(how)
+        if calls.count(b"for bounce") == 1 and how == b"for bounce":
+            raise TempFailure(b"qq trouble\n")
+        return real(how)
+    world.queue.begin = failing
+    msgid = world.inject(b"joe@localhost", [b"bad@localhost"])
+    assert "warning: trouble injecting bounce message, will try later" in lines
+    assert msgid in world.files("mess")
+    world.clock.advance(10)
+    assert f"end msg {msgid}" in lines
+    assert [m for m, _ in world.messages()] != [msgid]
