@@ -15,20 +15,51 @@ from qmailtx.envelope import parseEnvelope
 from tests.service.daemon import Daemon
 
 
-def queued(root):
-    """{msgid: (mess bytes, todo bytes)} for everything in todo/."""
+@pytest.fixture(autouse=True)
+def holdDeliveries(qmailRoot):
+    """
+    Both channels on hold (concurrency 0, as in qmail): the queue manager preprocesses
+    todo/ but delivers nothing, so accepted messages stay to be inspected and no test
+    daemon looks up a remote host.
+    """
+    for name in ("concurrencylocal", "concurrencyremote"):
+        (qmailRoot / "control" / name).write_text("0\n")
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def queued(root, settle=5.0):
+    """
+    {msgid: (mess bytes, envelope)} for every message in the queue, whether still in
+    todo/ or already preprocessed into info/local/remote; the envelope is rebuilt as
+    C{F<sender>\0T<recipient>\0...} in either case.
+    """
+    deadline = time.time() + settle
+    while glob.glob(os.path.join(root, "queue", "intd", "*")) and time.time() < deadline:
+        time.sleep(0.05)
     out = {}
-    for todo in glob.glob(os.path.join(root, "queue", "todo", "*")):
-        msgid = int(os.path.basename(todo))
-        with open(os.path.join(root, "queue", "mess", str(msgid % 23), str(msgid)), "rb") as f:
-            mess = f.read()
-        with open(todo, "rb") as f:
-            out[msgid] = (mess, f.read())
+    for path in glob.glob(os.path.join(root, "queue", "mess", "*", "*")):
+        msgid = int(os.path.basename(path))
+        part = str(msgid % 23)
+        todo = _read(os.path.join(root, "queue", "todo", str(msgid)))
+        if todo is None:
+            info = _read(os.path.join(root, "queue", "info", part, str(msgid)))
+            if info is None:
+                continue
+            todo = info + b"".join(_read(os.path.join(root, "queue", chan, part, str(msgid))) or b""
+                                   for chan in ("local", "remote"))
+        out[msgid] = (_read(path), todo)
     return out
 
 
 def envelopeOf(todo):
-    """(sender, recipients) from a todo file (u, p records first)."""
+    """(sender, recipients) from a todo file or info+local+remote records."""
     records = todo.split(b"\0")
     sender = next(r[1:] for r in records if r.startswith(b"F"))
     return sender, [r[1:] for r in records if r.startswith(b"T")]
