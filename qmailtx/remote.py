@@ -134,6 +134,10 @@ class ConnectionCache:
         self._idle.clear()
 
 
+RESOLV_CONF_VARIABLE = "QMAILTX_RESOLV_CONF"
+"""Names a resolv.conf to use instead of /etc/resolv.conf (tests point it at loopback)."""
+
+
 class RemoteDeliverer:
     """
     Delivers to remote hosts as qmail-remote does; one instance serves the daemon.
@@ -151,7 +155,7 @@ class RemoteDeliverer:
         self.reactor = reactor
         if resolver is None:
             from twisted.names import client
-            resolver = client.createResolver()
+            resolver = client.createResolver(resolvconf=os.environ.get(RESOLV_CONF_VARIABLE))
         self.resolver = resolver
         self.ipme = localAddresses({b"::1", b"::"}) if ipme is None else frozenset(ipme)
         self.smtpPort = smtpPort

@@ -9,6 +9,13 @@ from qmailtx.rootdir import createRoot
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: soak/bench runs kept out of the default run")
+    # No test may reach beyond loopback: every resolver qmailtx makes (in-process or in a
+    # daemon started from here) asks 127.0.0.1 only.
+    import tempfile
+
+    from tests.service.daemon import loopbackResolvConf
+
+    os.environ["QMAILTX_RESOLV_CONF"] = loopbackResolvConf(tempfile.mkdtemp(prefix="qmailtx-dns-"))
 
 
 @pytest.fixture

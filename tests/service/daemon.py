@@ -35,6 +35,18 @@ def waitForPort(port, host="127.0.0.1", timeout=20.0, process=None):
     raise RuntimeError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def loopbackResolvConf(directory):
+    """
+    A resolv.conf naming only 127.0.0.1, so a test daemon's DNS look-ups never leave the
+    machine: with nothing listening there they fail at once (a temporary failure).
+    """
+    path = os.path.join(directory, "resolv.conf.loopback")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write("nameserver 127.0.0.1\n")
+    return path
+
+
 class Daemon:
     """
     One C{twistd -n qmail} process.  C{listeners} maps a service name (C{smtp}, ...) to the
@@ -63,6 +75,7 @@ class Daemon:
     def start(self, wait=True):
         env = dict(os.environ if self.env is None else self.env)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        env.setdefault("QMAILTX_RESOLV_CONF", loopbackResolvConf(os.path.dirname(self.root)))
         self._log = open(self.logPath, "ab")
         self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
                                         env=env, cwd=os.path.dirname(self.root) or ".")
