@@ -9,6 +9,7 @@ import poplib
 import subprocess
 import sys
 import tempfile
+import time
 
 from twisted.internet import reactor, threads
 from twisted.trial import unittest
@@ -135,3 +136,38 @@ class BuiltinCheckpasswordTests(Base):
             return stat, refused
         return threads.deferToThread(client).addCallback(
             self.assertEqual, ((1, len(MSG)), b"-ERR authorization failed"))
+
+
+class OwnerListingCacheTests(Base):
+    def setUp(self):
+        if os.getuid() != 0:
+            raise unittest.SkipTest("needs root")
+        Base.setUp(self)
+
+    def test_repeatedLoginsSeeChanges(self):
+        """Repeated logins reuse an unchanged listing, and still see a message delivered in between."""
+        home, md = self.home("joe", NOBODY)
+        with open(os.path.join(home, ".uid"), "w") as f:
+            f.write(str(NOBODY))
+        checker = S.makeChecker(self.dir, {"joe": "secret"})
+        boxes = pop3box.OwnerMailboxes(reactor, idle=0.1)
+        self.addCleanup(boxes.stopAll)
+        port = self.listen([checker.encode()], boxes, True)
+
+        def uidls():
+            p = poplib.POP3("127.0.0.1", port, timeout=10)
+            p.user("joe")
+            p.pass_("secret")
+            result = p.uidl()[1]
+            p.close()
+            return result
+
+        def client():
+            first, second = uidls(), uidls()
+            new = S.addMessage(md, "new", "2.y.host", MSG, age=5)
+            os.chown(new, NOBODY, NOBODY)
+            past = time.time() - 3
+            os.utime(os.path.join(md, "new"), (past, past))
+            return first, second, uidls()
+        return threads.deferToThread(client).addCallback(self.assertEqual, (
+            [b"1 1.x.host"], [b"1 1.x.host"], [b"1 1.x.host", b"2 2.y.host"]))
