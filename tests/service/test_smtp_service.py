@@ -288,3 +288,39 @@ def test_log_lines(daemon):
     log = daemon.log()
     assert "new msg " in log
     assert "from <joe@example.net> qp " in log
+
+
+def test_QMAILQUEUE_from_rules(qmailRoot, tmp_path):
+    """A rules entry's QMAILQUEUE makes the listener hand the message to that program
+    (message on fd 0, envelope on fd 1), as netqmail's qmail-smtpd does."""
+    out = tmp_path / "qq-out"
+    program = tmp_path / "qq"
+    program.write_text(f"#!/bin/sh\ncat > {out}.mess\ncat <&1 > {out}.env\nexit 0\n")
+    program.chmod(0o755)
+    (qmailRoot / "rules" / "smtp").write_text(
+        f'127.0.0.1:allow,RELAYCLIENT="",QMAILQUEUE="{program}"\n')
+    with Daemon(qmailRoot) as d:
+        with smtplib.SMTP("127.0.0.1", d.port) as s:
+            s.sendmail("a@b.example", ["c@d.example"], b"Subject: via qq\r\n\r\nhi\r\n")
+    mess = (tmp_path / "qq-out.mess").read_bytes()
+    assert mess.startswith(b"Received: from unknown ")
+    assert mess.endswith(b"\nSubject: via qq\n\nhi\n")
+    assert (tmp_path / "qq-out.env").read_bytes() == b"Fa@b.example\0Tc@d.example\0\0"
+    assert queued(str(qmailRoot)) == {}
+
+
+def test_QMAILQUEUE_failure_texts(qmailRoot, tmp_path):
+    """The program's exit code becomes qmail's text: 31 permanent (554), 53 temporary (451)."""
+    program = tmp_path / "qq"
+    (qmailRoot / "rules" / "smtp").write_text(
+        f'127.0.0.1:allow,RELAYCLIENT="",QMAILQUEUE="{program}"\n')
+    with Daemon(qmailRoot) as d:
+        for code, reply in ((31, (554, b"mail server permanently rejected message (#5.3.0)")),
+                            (53, (451, b"qq write error or disk full (#4.3.0)"))):
+            program.write_text(f"#!/bin/sh\ncat >/dev/null\nexit {code}\n")
+            program.chmod(0o755)
+            with smtplib.SMTP("127.0.0.1", d.port) as s:
+                s.ehlo()
+                s.mail("a@b")
+                s.rcpt("c@d")
+                assert s.data(b"hi\r\n") == reply
