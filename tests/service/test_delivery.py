@@ -1,0 +1,331 @@
+"""
+End to end through a live C{twistd qmail}: SMTP in, qmail-send, lspawn and a delivery worker
+running as the mailbox owner, into maildirs; bounces back to the sender's mailbox.
+
+As root the daemon delivers as a throwaway user (useradd, removed afterwards), and one
+test runs the whole daemon as that user (virtual mode: forwards, and an assignment to
+another uid deferred).  Run unprivileged, the daemon and the mailboxes share our uid.
+"""
+
+import os
+import pwd
+import re
+import shutil
+import smtplib
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from qmailtx.cdbfile import buildCdb
+from qmailtx.rootdir import createRoot
+from qmailtx.users import assignRecords
+from tests.service.daemon import Daemon
+
+ME = "mx.example.com"
+WAIT = 20.0
+
+
+class MailUser:
+    """A throwaway system user as root (removed at the end), else ourselves."""
+
+    def __init__(self):
+        self.base = tempfile.mkdtemp(prefix="qmailtx-e2e-")
+        os.chmod(self.base, 0o755)
+        self.name = None
+        if os.geteuid() == 0:
+            self.name = "qmtxe%d" % os.getpid()
+            subprocess.run(["useradd", "-M", "-N", "-s", "/bin/false", "-d", "/nonexistent",
+                            self.name], check=True, capture_output=True)
+            entry = pwd.getpwnam(self.name)
+            self.uid, self.gid = entry.pw_uid, entry.pw_gid
+        else:
+            self.uid, self.gid = os.getuid(), os.getgid()
+        self.homes = 0
+
+    def own(self, path):
+        os.chown(path, self.uid, self.gid)
+
+    def home(self):
+        """A fresh home with a Maildir, owned by the user."""
+        self.homes += 1
+        home = os.path.join(self.base, "home%d" % self.homes)
+        os.mkdir(home, 0o755)
+        for sub in ("Maildir", "Maildir/tmp", "Maildir/new", "Maildir/cur"):
+            os.mkdir(os.path.join(home, sub), 0o700)
+            self.own(os.path.join(home, sub))
+        self.own(home)
+        return home
+
+    def file(self, path, data, mode=0o644):
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+        self.own(path)
+
+    def close(self):
+        shutil.rmtree(self.base, ignore_errors=True)
+        if self.name is not None:
+            subprocess.run(["userdel", self.name], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def user():
+    u = MailUser()
+    yield u
+    u.close()
+
+
+class Setup:
+    """A fresh root whose users/assign maps joe and joe-* to a home of the mail user."""
+
+    def __init__(self, user, base, owner=None):
+        self.user = user
+        self.root = os.path.join(base, "root")
+        createRoot(self.root, ME)
+        os.chmod(base, 0o755)
+        self.home = user.home()
+        u = user
+        assign = (f"=joe:joeuser:{u.uid}:{u.gid}:{self.home}:::\n"
+                  f"+joe-:joeuser:{u.uid}:{u.gid}:{self.home}:-::\n"
+                  f"=sender:joeuser:{u.uid}:{u.gid}:{self.home}:::\n.\n").encode()
+        buildCdb(os.path.join(self.root, "users", "cdb"), os.path.join(self.root, "users", "tmp"),
+                 assignRecords(assign))
+        self.control("smtproutes", b":127.0.0.1:1\n")
+        if owner is not None:
+            for dirpath, dirnames, filenames in os.walk(self.root):
+                for name in dirnames + filenames:
+                    os.lchown(os.path.join(dirpath, name), *owner)
+            os.chown(self.root, *owner)
+        self.daemon = None
+
+    def control(self, name, data):
+        with open(os.path.join(self.root, "control", name), "wb") as f:
+            f.write(data)
+
+    def dotqmail(self, name, text, mode=0o644):
+        self.user.file(os.path.join(self.home, name), text, mode)
+
+    def start(self, daemon=None):
+        self.daemon = (daemon or Daemon(self.root)).start()
+        return self
+
+    def send(self, sender, recipients, body=b"Subject: test\r\n\r\nhello\r\n"):
+        with smtplib.SMTP("127.0.0.1", self.daemon.port) as s:
+            s.sendmail(sender, recipients, body)
+
+    def waitFor(self, predicate, what):
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; log:\n{self.daemon.log()[-3000:]}")
+
+    def mails(self, maildir=None, count=1):
+        new = os.path.join(maildir or os.path.join(self.home, "Maildir"), "new")
+
+        def ready():
+            names = sorted(os.listdir(new))
+            return names if len(names) >= count else None
+        names = self.waitFor(ready, f"{count} message(s) in {new}")
+        out = []
+        for n in names:
+            with open(os.path.join(new, n), "rb") as f:
+                out.append(f.read())
+        return out
+
+    def logLine(self, pattern):
+        return self.waitFor(lambda: re.search(pattern, self.daemon.log()), f"log /{pattern}/")
+
+    def stop(self):
+        if self.daemon is not None:
+            self.daemon.stop()
+
+
+@pytest.fixture
+def site(user):
+    s = Setup(user, tempfile.mkdtemp(dir=user.base))
+    yield s
+    s.stop()
+
+
+def test_maildirAsOwner(site, user):
+    """A message reaches the owner's Maildir, written as that uid, with Return-Path and Delivered-To."""
+    site.start()
+    site.send("someone@example.org", ["joe@" + ME])
+    [mail] = site.mails()
+    assert mail.startswith(b"Return-Path: <someone@example.org>\nDelivered-To: joe@" + ME.encode()
+                           + b"\nReceived: (qmail ")
+    [name] = os.listdir(os.path.join(site.home, "Maildir", "new"))
+    assert os.stat(os.path.join(site.home, "Maildir", "new", name)).st_uid == user.uid
+    site.logLine(r"delivery \d+: success: did_1\+0\+0/")
+    site.logLine(r"end msg \d+")
+
+
+def test_programRunsAsOwnerWithEnvironment(site, user):
+    """A |program line runs as the owner with qmail-local's environment; DEFAULT from -default."""
+    site.dotqmail(".qmail-list-default",
+                  b"|echo $USER $EXT $DEFAULT $(id -u) > prog.out\n./Maildir/\n")
+    site.start()
+    site.send("someone@example.org", ["joe-list-Foo.Bar@" + ME])
+    site.mails()
+    with open(os.path.join(site.home, "prog.out"), "rb") as f:
+        assert f.read() == b"joeuser list-Foo.Bar Foo.Bar %d\n" % user.uid
+
+
+def test_virtualDomain(site):
+    """virtualdomains maps a domain to a user's extension (.qmail-virt-default)."""
+    site.control("virtualdomains", b"virt.example:joe-virt\n")
+    site.dotqmail(".qmail-virt-default", b"./Maildir/\n")
+    site.start()
+    site.send("someone@example.org", ["info@virt.example"])
+    [mail] = site.mails()
+    assert b"\nDelivered-To: joe-virt-info@virt.example\n" in mail
+
+
+def test_permanentProgramFailureBounces(site):
+    """Exit 100 bounces to the sender, whose mailbox gets qmail's text and the original."""
+    site.dotqmail(".qmail-fail", b"|echo no such list; exit 100\n")
+    site.start()
+    site.send("sender@" + ME, ["joe-fail@" + ME], body=b"Subject: original\r\n\r\nbody\r\n")
+    [bounce] = site.mails()
+    assert b"\nFrom: MAILER-DAEMON@" + ME.encode() + b"\n" in bounce
+    assert (b"<joe-fail@" + ME.encode() + b">:\nno such list\n\n"
+            b"--- Below this line is a copy of the message.\n\n"
+            b"Return-Path: <sender@" + ME.encode() + b">\n") in bounce
+    assert bounce.endswith(b"Subject: original\n\nbody\n")
+    site.logLine(r"delivery \d+: failure: no_such_list/")
+    site.logLine(r"bounce msg \d+ qp \d+")
+
+
+def test_temporaryFailureDefers(site):
+    """Exit 111 is a deferral; the message stays queued."""
+    site.dotqmail(".qmail-later", b"|echo busy; exit 111\n")
+    site.start()
+    site.send("someone@example.org", ["joe-later@" + ME])
+    site.logLine(r"delivery \d+: deferral: busy/")
+    assert "end msg" not in site.daemon.log()
+
+
+def test_exit99StopsLaterLines(site):
+    """Exit 99 succeeds and skips the lines after it."""
+    site.dotqmail(".qmail-stop", b"|exit 99\n./Maildir/\n")
+    site.start()
+    site.send("someone@example.org", ["joe-stop@" + ME])
+    site.logLine(r"delivery \d+: success: did_0\+0\+1/")
+    assert os.listdir(os.path.join(site.home, "Maildir", "new")) == []
+
+
+def test_loopDetected(site):
+    """A message already carrying our Delivered-To line bounces as looping."""
+    site.start()
+    site.send("sender@" + ME, ["joe@" + ME],
+              body=b"Delivered-To: joe@" + ME.encode() + b"\r\nSubject: loop\r\n\r\nx\r\n")
+    [bounce] = site.mails()
+    assert b"This message is looping: it already has my Delivered-To line. (#5.4.6)" in bounce
+
+
+def test_stickyHomeAndWritableDotQmailDefer(site, user):
+    """A writable .qmail defers; so does a sticky home."""
+    site.dotqmail(".qmail-open", b"./Maildir/\n", mode=0o666)
+    site.start()
+    site.send("someone@example.org", ["joe-open@" + ME])
+    site.logLine(r"deferral: Uh-oh:_.qmail_file_is_writable._\(#4.7.0\)/")
+    os.chmod(site.home, 0o1755)
+    site.send("someone@example.org", ["joe@" + ME])
+    site.logLine(r"deferral: Home_directory_is_sticky")
+
+
+def test_unknownExtensionBouncesToSender(site):
+    """A missing .qmail-ext with no default is 'no mailbox here' (#5.1.1), bounced."""
+    site.start()
+    site.send("sender@" + ME, ["joe-nobody@" + ME])
+    [bounce] = site.mails()
+    assert b"Sorry, no mailbox here by that name. (#5.1.1)" in bounce
+
+
+def test_doubleBounceToPostmaster(site, user):
+    """A bounce that cannot be delivered goes to postmaster (the alias user) as a double bounce."""
+    alias = os.path.join(site.root, "alias")
+    for dirpath, dirnames, filenames in os.walk(alias):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), user.uid, user.gid)
+    os.chown(alias, user.uid, user.gid)
+    site.start()
+    site.send("", ["joe-nobody@" + ME])
+    [double] = site.mails(os.path.join(alias, "Maildir"))
+    assert b"I tried to deliver a bounce message to this address, but the bounce bounced!" in double
+    assert double.startswith(b"Return-Path: <#@[]>\n")
+    assert b"\n--- Below this line is the original bounce.\n\nReturn-Path: <>\n" in double
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own the alias home as root")
+def test_rootOwnedAliasDefers(site):
+    """As root, the alias user may not be uid 0: such deliveries are deferred with qmail's text."""
+    site.start()
+    site.send("someone@example.org", ["postmaster@" + ME])
+    site.logLine(r"deferral: Not_allowed_to_perform_deliveries_as_root./")
+
+
+def runsAs(user):
+    """Can the mail user run this interpreter with Twisted (not so if it lives under /root)?"""
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import twisted"], user=user.uid,
+                               group=user.gid, extra_groups=[], capture_output=True,
+                               cwd=user.base, timeout=60)
+    except OSError:
+        return False
+    return probe.returncode == 0
+
+
+class UserDaemon(Daemon):
+    """twistd started as the mail user (virtual mode)."""
+
+    def __init__(self, root, user):
+        Daemon.__init__(self, root)
+        self.user = user
+
+    def start(self, wait=True):
+        import subprocess as sp
+        from tests.service import daemon as helper
+
+        env = dict(os.environ)
+        env["PYTHONPATH"] = helper.REPO + os.pathsep + env.get("PYTHONPATH", "")
+        self._log = open(self.logPath, "ab")
+        os.chown(self.logPath, self.user.uid, self.user.gid)
+        self.process = sp.Popen(self.command(), stdout=self._log, stderr=sp.STDOUT, env=env,
+                                cwd=os.path.dirname(self.root), user=self.user.uid,
+                                group=self.user.gid, extra_groups=[])
+        if wait:
+            for port in self.ports.values():
+                helper.waitForPort(port, self.host, process=self.process)
+        return self
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the unprivileged run is the whole suite then")
+def test_virtualModeForwardAndForeignUid(user):
+    """Run as an ordinary user: forwards are injected and delivered; another uid is deferred."""
+    if not runsAs(user):
+        pytest.skip(f"{sys.executable} with Twisted cannot run as an ordinary user here")
+    base = tempfile.mkdtemp(dir=user.base)
+    site = Setup(user, base, owner=(user.uid, user.gid))
+    site.dotqmail(".qmail-fwd", b"&joe-box@" + ME.encode() + b"\n")
+    site.dotqmail(".qmail-box", b"./Maildir/\n")
+    with open(os.path.join(site.root, "users", "assign"), "wb"):
+        pass
+    site.start(UserDaemon(site.root, user))
+    try:
+        site.send("someone@example.org", ["joe-fwd@" + ME, "nobody-at-all@" + ME])
+        [mail] = site.mails()
+        assert b"Delivered-To: joe-box@" + ME.encode() + b"\n" in mail
+        assert b"Delivered-To: joe-fwd@" + ME.encode() + b"\n" in mail
+        site.logLine(r"success: did_0\+1\+0/qp_\d+/")
+        os.chown(os.path.join(site.root, "alias"), 65534, 65534)
+        site.send("someone@example.org", ["postmaster@" + ME])
+        site.logLine(r"deferral: Unable_to_deliver_as_uid_65534:_qmailtx_runs_as_uid_\d+,_not_root")
+    finally:
+        site.stop()
