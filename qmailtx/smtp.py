@@ -91,7 +91,7 @@ class SMTPServer(SecureSession, Protocol):
         if not self.startSecurity():
             return
         factory.timeouts.watch(self)
-        self.transport.write(b"220 " + c.greeting + b" ESMTP\r\n")
+        self.greet(b"220 " + c.greeting + b" ESMTP\r\n")
 
     # -- flow control (we are our own transport's producer) -------------------
 

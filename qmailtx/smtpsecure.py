@@ -14,6 +14,9 @@ C{tlsserverciphers}.
 import itertools
 import os
 
+from twisted.internet.interfaces import IHandshakeListener
+from zope.interface import implementer
+
 from qmailtx import checkpassword as cpw, log, smtpauth
 from qmailtx.control import ControlError
 from qmailtx.results import TempFailure
@@ -22,6 +25,11 @@ from qmailtx.tls import ContextCache, TLSSetupError
 STARTTLS_ARGUMENT = b"501 Syntax error (no parameters allowed) (#5.5.4)"
 UNIMPLEMENTED = b"502 unimplemented (#5.5.1)"
 READY = b"220 ready for tls"
+
+HANDSHAKE_TIMEOUT = 60
+"""Seconds a TLS handshake may take (capped by timeoutsmtpd).  Until it completes nothing
+can be written: the TLS layer would buffer it and pause us, and a stalled client would hold
+the connection forever."""
 
 
 class SecureFactory:
@@ -60,6 +68,7 @@ class SecureFactory:
         return next(self._serials)
 
 
+@implementer(IHandshakeListener)
 class SecureSession:
     """
     TLS and AUTH state of one session.  The host provides C{env}, C{controls}, C{factory},
@@ -74,6 +83,8 @@ class SecureSession:
     sasl = None
     authFailures = 0
     _plainEnv = None
+    _handshakeTimer = None
+    _banner = None
 
     def startSecurity(self):
         """
@@ -97,9 +108,37 @@ class SecureSession:
             log.warning(f"smtp: SMTPS without TLS, dropping connection: {e.args[0].decode()}")
             self._close()
             return False
+        self._startTLS(creator)
+        return True
+
+    def greet(self, banner):
+        """Send the 220 banner, or keep it for the end of an SMTPS handshake."""
+        if self._handshakeTimer is not None:
+            self._banner = banner
+        else:
+            self.transport.write(banner)
+
+    def _startTLS(self, creator):
         self.tlsActive = True
         self.transport.startTLS(creator)
-        return True
+        self._handshakeTimer = self.factory.clock.callLater(
+            min(self.timeout, HANDSHAKE_TIMEOUT), self._handshakeTimedOut)
+
+    def handshakeCompleted(self):
+        timer, self._handshakeTimer = self._handshakeTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        banner, self._banner = self._banner, None
+        if banner is not None and not self._isClosed():
+            self.transport.write(banner)
+
+    def _handshakeTimedOut(self):
+        self._handshakeTimer = None
+        if not self._isClosed():
+            log.event(f"smtp: TLS handshake timed out with "
+                      f"{self.env.get('TCPREMOTEIP', 'unknown')}")
+            self._close()
+            self.transport.abortConnection()
 
     def _tlsCreator(self):
         """The connection creator for this session; raises L{TLSSetupError}."""
@@ -159,8 +198,7 @@ class SecureSession:
         self.reply(READY)
         self._buffer = b""
         self._resetSession()
-        self.tlsActive = True
-        self.transport.startTLS(creator)
+        self._startTLS(creator)
 
     def _resetSession(self):
         """Forget everything said in plaintext: HELO, the transaction, AUTH."""

@@ -9,7 +9,7 @@ import pytest
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
-from qmailtx import checkpassword, smtpauth
+from qmailtx import checkpassword, smtpauth, smtpsecure
 from qmailtx.control import ControlDir
 from qmailtx.results import TempFailure
 from qmailtx.smtp import SMTPFactory
@@ -153,12 +153,39 @@ def test_cipher_list_from_control(root):
 
 
 def test_smtps_starts_tls_before_banner(root):
-    """Env SMTPS: TLS starts before anything is written; the banner comes under TLS."""
+    """
+    Env SMTPS: TLS starts before anything is written, and the banner waits for the end of
+    the handshake (a write during it would make the TLS layer pause our reading).
+    """
     s = SecureSession(root, env={"SMTPS": "1"})
     assert s.transport.tlsCreator is not None
     assert s.transport.beforeTLS == b""
+    assert s.transport.value() == b""
+    assert s.transport.producer is not None and not s.transport.producerState == "paused"
+    s.proto.handshakeCompleted()
     assert s.transport.value() == b"220 mx.example.com ESMTP\r\n"
     assert s.proto.tlsActive
+
+
+@pytest.mark.parametrize("env, start", [({"SMTPS": "1"}, b""), ({}, b"STARTTLS\r\n")])
+def test_stalled_handshake_is_aborted(root, env, start):
+    """A client that never completes the handshake is cut off after HANDSHAKE_TIMEOUT."""
+    s = SecureSession(root, env=env)
+    s.send(start)
+    s.clock.advance(smtpsecure.HANDSHAKE_TIMEOUT - 1)
+    assert not s.transport.disconnecting
+    s.clock.advance(1)
+    assert s.transport.disconnecting
+
+
+def test_completed_handshake_cancels_timer(root):
+    """After the handshake the session lives on past HANDSHAKE_TIMEOUT."""
+    s = SecureSession(root)
+    s.send(b"STARTTLS\r\n")
+    s.proto.handshakeCompleted()
+    s.clock.advance(smtpsecure.HANDSHAKE_TIMEOUT + 1)
+    assert not s.transport.disconnecting
+    assert s.lines(b"NOOP\r\n") == [b"250 ok"]
 
 
 def test_smtps_without_certificate_drops(root):
