@@ -55,8 +55,37 @@ class Site:
         return None
 
 
-def buildSMTP(site, config):
-    return SMTPFactory(site.controls, site.queue, site.reactor, site.ipme, site.programQueue)
+def buildSMTP(site, config, defaultEnv=None):
+    """
+    An SMTP listener.  AUTH needs C{--checkpassword}; every SMTP listener of the site shares
+    one AUTH failure throttle (per IP) and one set of TLS contexts.
+    """
+    import shlex
+
+    from qmailtx.smtpauth import AuthThrottle
+    from qmailtx.tls import ContextCache
+
+    factory = SMTPFactory(site.controls, site.queue, site.reactor, site.ipme, site.programQueue)
+    if config.get("checkpassword"):
+        factory.checkpassword = [os.fsencode(w) for w in shlex.split(config["checkpassword"])]
+    if getattr(site, "smtpAuthThrottle", None) is None:
+        site.smtpAuthThrottle = AuthThrottle(site.reactor)
+        site.smtpTLS = ContextCache()
+    factory.authThrottle = site.smtpAuthThrottle
+    factory.tlsContexts = site.smtpTLS
+    if defaultEnv:
+        factory.defaultEnv = defaultEnv
+    return factory
+
+
+def buildSubmission(site, config):
+    """Port 587 (RFC 6409): AUTH before MAIL unless the rules set SMTPAUTH otherwise."""
+    return buildSMTP(site, config, {"SMTPAUTH": "!"})
+
+
+def buildSMTPS(site, config):
+    """Port 465 (RFC 8314): implicit TLS, then the same as submission."""
+    return buildSMTP(site, config, {"SMTPS": "1", "SMTPAUTH": "!"})
 
 
 def buildQMTP(site, config):
@@ -81,7 +110,8 @@ def buildPOP3S(site, config):
     return buildPOP3(site, config, implicitTLS=True)
 
 
-LISTENERS = {"smtp": buildSMTP, "qmtp": buildQMTP, "qmqp": buildQMQP, "pop3": buildPOP3,
+LISTENERS = {"smtp": buildSMTP, "submission": buildSubmission, "smtps": buildSMTPS,
+             "qmtp": buildQMTP, "qmqp": buildQMQP, "pop3": buildPOP3,
              "pop3s": buildPOP3S}
 
 

@@ -42,8 +42,8 @@ class Options(usage.Options):
     optParameters = [
         ["root", None, DEFAULT_ROOT, "The qmail root (control/, queue/, ...); created if absent."],
         ["me", None, None, "Host name for control/me when the root is created."],
-        ["checkpassword", None, None, "checkpassword program and arguments for POP3 "
-         "(split like a shell would), e.g. '/usr/bin/checkpassword-pam -s pop3'"],
+        ["checkpassword", None, None, "checkpassword program and arguments for POP3 and "
+         "SMTP AUTH (split like a shell would), e.g. '/usr/bin/checkpassword-pam -s pop3'"],
         ["maildirname", None, "Maildir", "The maildir POP3 serves, relative to $HOME."],
     ]
 
@@ -64,6 +64,14 @@ class Options(usage.Options):
     def opt_smtp(self, description):
         """Listen for SMTP on this endpoint (repeatable), e.g. tcp:25:interface=0.0.0.0"""
         self.listen("smtp", description)
+
+    def opt_submission(self, description):
+        """Listen for mail submission (AUTH required before MAIL) on this endpoint, e.g. tcp:587"""
+        self.listen("submission", description)
+
+    def opt_smtps(self, description):
+        """Listen for SMTP over implicit TLS (AUTH required) on this endpoint, e.g. tcp:465"""
+        self.listen("smtps", description)
 
     def opt_qmtp(self, description):
         """Listen for QMTP on this endpoint (repeatable), e.g. tcp:209"""
@@ -97,6 +105,9 @@ class Options(usage.Options):
         self["maxperip"][name] = n
 
     def postOptions(self):
+        if any(k in ("submission", "smtps") for k, _ in self["listeners"]) and \
+                not self["checkpassword"]:
+            raise usage.UsageError("--submission/--smtps need --checkpassword PROGRAM")
         if any(k in ("pop3", "pop3s") for k, _ in self["listeners"]) and not self["checkpassword"]:
             raise usage.UsageError("--pop3/--pop3s need --checkpassword PROGRAM")
         if not self["listeners"]:
