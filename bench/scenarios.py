@@ -194,3 +194,7 @@ SCENARIOS = rateRows() + [
              unit="conns", measure=heldConnections, repeated=False, only=("qmailtx",),
              target=allHeld),
 ]
+
+from bench.tls import tlsRows  # noqa: E402 (bench.tls builds on the classes above)
+
+SCENARIOS += tlsRows()
