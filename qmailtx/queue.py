@@ -140,10 +140,12 @@ class _Trouble(Exception):
 
 
 def _failureFor(code):
+    import traceback, sys
+    _log.warn("DEBUGQQ {code} {tb}", code=code, tb="".join(traceback.format_stack()[-4:]) + repr(sys.exc_info()[1]))
     return qqExitFailure(code)
 
 
-GROUP_SYNC_MIN = 3
+GROUP_SYNC_MIN = 2
 """Batches at least this large are made durable with one syncfs(2) instead of two fsyncs a
 message: one journal commit for the whole group is what lets concurrent SMTP sessions share
 the disk's flush latency."""
@@ -306,10 +308,15 @@ class Queue:
     def _path(self, kind, msgid):
         return os.path.join(self.queueDir, kind, str(msgid))
 
-    def _link(self, writer):
-        """Queue C{writer} for the next group link; a Deferred fires with its id."""
+    def _link(self, writer, todo):
+        """
+        Queue C{writer} (with its C{todo} record bytes) for the next group commit; a
+        Deferred fires with its id.  A whole group costs one trip to a worker thread,
+        so the reactor and the thread pool hand each other work once per group, not once
+        per message and step.
+        """
         d = Deferred()
-        self._gathering.append((writer, d))
+        self._gathering.append((writer, todo, d))
         if not self._linking:
             self._startBatch()
         return d
@@ -317,8 +324,25 @@ class Queue:
     def _startBatch(self):
         batch, self._gathering = self._gathering, []
         self._linking = True
-        d = self._blocking(self._linkBatch, [w for w, _ in batch])
-        d.addBoth(self._batchDone, batch)
+        d = self._blocking(self._commitBatch, [(w, todo) for w, todo, _ in batch])
+        d.addBoth(self._batchDone, [(w, d) for w, _, d in batch])
+
+    def _commitBatch(self, items):
+        """Prepare each message's files, then L{_linkBatch} the ones that are ready."""
+        codes = [None] * len(items)
+        ready = []
+        for i, (writer, todo) in enumerate(items):
+            try:
+                writer._prepare(todo)
+            except _Trouble as t:
+                codes[i] = t.code
+            except Exception:
+                codes[i] = 81
+            else:
+                ready.append(i)
+        for i, code in zip(ready, self._linkBatch([items[i][0] for i in ready])):
+            codes[i] = code
+        return codes
 
     def _batchDone(self, codes, batch):
         self._linking = False
@@ -450,13 +474,7 @@ class QueueWriter:
             todo = self._checkedTodo(sender, recipients)
         except Exception as e:
             return fail(e)
-        d = self._queue._blocking(self._prepare, todo)
-        d.addCallbacks(lambda _: self._queue._link(self), self._ebPrepare)
-        return d
-
-    def _ebPrepare(self, failure):
-        code = failure.value.code if failure.check(_Trouble) else 81
-        return Failure(_failureFor(code))
+        return self._queue._link(self, todo)
 
     def commitSync(self, sender, recipients):
         """L{commit}, blocking: returns L{msgid} or raises the failure value."""
