@@ -140,8 +140,6 @@ class _Trouble(Exception):
 
 
 def _failureFor(code):
-    import traceback, sys
-    _log.warn("DEBUGQQ {code} {tb}", code=code, tb="".join(traceback.format_stack()[-4:]) + repr(sys.exc_info()[1]))
     return qqExitFailure(code)
 
 
