@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from qmailtx.envelope import parseRecords
-from qmailtx.queue import SPLIT, splitName
+from qmailtx.queue import SPLIT, splitName, syncFiles
 from qmailtx.rewrite import LOCAL, REMOTE
 
 CHANNELS = (LOCAL, REMOTE)
@@ -81,16 +81,22 @@ def _read(name):
         return f.read(READ_LIMIT)
 
 
-def _writeSynced(name, data):
+def _writeNew(name, data, opened):
+    """Create C{name} with C{data}; its fd is appended to C{opened} (synced by the caller)."""
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-        return os.fstat(fd).st_mtime
-    finally:
-        os.close(fd)
+    opened.append(fd)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    return os.fstat(fd).st_mtime
+
+
+def _closeAll(fds):
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def channelRecords(data):
@@ -126,6 +132,14 @@ def preprocess(queueDir, msgid, rewrite):
     @raise UnknownRecord: the todo file has a record of an unknown type (nothing changed).
     @raise OSError: on trouble; C{todo/} stays for the next attempt.
     """
+    ((_, result),) = preprocessBatch(queueDir, [msgid], rewrite)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def _stage(queueDir, msgid, rewrite, opened):
+    """Steps 1–3 of preprocessing: the new files written (not yet synced), todo kept."""
     try:
         data = _read(path(queueDir, "todo", msgid))
     except FileNotFoundError:
@@ -146,30 +160,47 @@ def preprocess(queueDir, msgid, rewrite):
             raise UnknownRecord(msgid)
     for kind in ("info",) + CHANNELS:
         _unlink(path(queueDir, kind, msgid))
-    message.birth = _writeSynced(path(queueDir, "info", msgid), b"F" + message.sender + b"\0")
+    message.birth = _writeNew(path(queueDir, "info", msgid), b"F" + message.sender + b"\0",
+                              opened)
     for kind in CHANNELS:
         if targets[kind]:
             content, records = _encodeChannel(targets[kind])
-            _writeSynced(path(queueDir, kind, msgid), content)
+            _writeNew(path(queueDir, kind, msgid), content, opened)
             message.channels[kind] = (None, records)
     try:
         message.size = os.stat(path(queueDir, "mess", msgid)).st_size
     except OSError:
         message.size = 0
     message.bounce = os.path.exists(path(queueDir, "bounce", msgid))
-    _unlink(path(queueDir, "intd", msgid))
-    _unlink(path(queueDir, "todo", msgid))
     return message
 
 
 def preprocessBatch(queueDir, msgids, rewrite):
-    """L{preprocess} for several ids: a list of C{(msgid, QueuedMessage | None | exception)}."""
+    """
+    L{preprocess} for several ids: a list of C{(msgid, QueuedMessage | None | exception)}.
+
+    Every message's info/local/remote files are written first and made durable together
+    (one syncfs for the group, L{qmailtx.queue.syncFiles}); only then are the C{intd/} and
+    C{todo/} entries removed, so a crash leaves each message in todo/ or fully preprocessed.
+    """
     results = []
-    for msgid in msgids:
+    opened = []
+    try:
+        for msgid in msgids:
+            try:
+                results.append((msgid, _stage(queueDir, msgid, rewrite, opened)))
+            except (UnknownRecord, OSError) as e:
+                results.append((msgid, e))
         try:
-            results.append((msgid, preprocess(queueDir, msgid, rewrite)))
-        except (UnknownRecord, OSError) as e:
-            results.append((msgid, e))
+            syncFiles(queueDir, opened)
+        except OSError as e:
+            return [(msgid, e if isinstance(r, QueuedMessage) else r) for msgid, r in results]
+    finally:
+        _closeAll(opened)
+    for msgid, result in results:
+        if isinstance(result, QueuedMessage):
+            _unlink(path(queueDir, "intd", msgid))
+            _unlink(path(queueDir, "todo", msgid))
     return results
 
 
@@ -271,14 +302,16 @@ def readForBounce(queueDir, msgid):
 
 def finishMessages(queueDir, msgids):
     """
-    Remove finished messages in qmail's order: channel files, C{bounce}, C{info}, then
-    C{mess} and C{intd} (a crash in between leaves a C{mess} for the 36 h cleanup).
+    Remove finished messages in qmail's order: channel files, C{bounce}, C{info}, any
+    C{intd}, and C{mess} last: once C{mess} is gone its inode, hence the id, may belong to
+    a new message at once, so nothing may be removed by that name afterwards (a crash in
+    between leaves a C{mess} for the 36 h cleanup).
     Returns C{[(msgid, error text)]} for the ones that could not be removed.
     """
     troubles = []
     for msgid in msgids:
         try:
-            for kind in CHANNELS + ("bounce", "info", "mess", "intd"):
+            for kind in CHANNELS + ("bounce", "info", "intd", "mess"):
                 _unlink(path(queueDir, kind, msgid))
         except OSError as e:
             troubles.append((msgid, e.strerror))

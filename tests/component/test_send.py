@@ -422,3 +422,17 @@ def test_bounceFailureRetried(world, lines):
     world.clock.advance(10)
     assert f"end msg {msgid}" in lines
     assert [m for m, _ in world.messages()] != [msgid]
+
+
+def test_finishRemovesMessLast(world, monkeypatch):
+    """mess/ goes last: once it is unlinked its inode (the id) may be reused by a new message
+    at once, so a later unlink of intd/<id> would destroy that message's envelope."""
+    world.control("concurrencylocal", b"0\n")
+    world.start()
+    msgid = world.inject(b"joe@example.org", [b"a@localhost"])
+    removed = []
+    real = os.unlink
+    monkeypatch.setattr(os, "unlink", lambda p: (removed.append(p), real(p))[1])
+    sendqueue.finishMessages(world.queue.queueDir, [msgid])
+    assert removed[-1] == sendqueue.path(world.queue.queueDir, "mess", msgid)
+    assert world.files("mess") == [] and world.files("info") == []
