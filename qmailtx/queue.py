@@ -170,6 +170,22 @@ def _loadSyncfs():
 _syncfs = _loadSyncfs()
 
 
+def syncFiles(queueDir, fds):
+    """
+    Make the files open as C{fds} durable: one syncfs(2) of the queue's filesystem for
+    two or more (a single journal commit), else fsync each.  Raises C{OSError}.
+    """
+    if _syncfs is not None and len(fds) >= GROUP_SYNC_MIN:
+        dirFd = os.open(queueDir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            _syncfs(dirFd)
+        finally:
+            os.close(dirFd)
+        return
+    for fd in fds:
+        os.fsync(fd)
+
+
 def _fsyncDir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -388,16 +404,7 @@ class Queue:
         return codes
 
     def _syncData(self, writers):
-        if _syncfs is not None and len(writers) >= GROUP_SYNC_MIN:
-            fd = os.open(self.queueDir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                _syncfs(fd)
-            finally:
-                os.close(fd)
-            return
-        for writer in writers:
-            os.fsync(writer._fd)
-            os.fsync(writer._intdFd)
+        syncFiles(self.queueDir, [fd for w in writers for fd in (w._fd, w._intdFd)])
 
 
 class QueueWriter:
