@@ -5,8 +5,10 @@ It takes messages from C{todo/} (told in-process by the L{qmailtx.queue.Queue}, 
 C{lock/trigger} FIFO for outside injectors), splits them into the local and remote channels,
 starts deliveries within C{concurrencylocal}/C{concurrencyremote}, retries on qmail's
 schedule, writes and injects bounces, and removes finished messages, logging qmail-send's
-lines.  The file work lives in L{qmailtx.sendqueue} and runs in threads; the schedule is
-kept in memory and persisted as channel file mtimes on exit.
+lines.  This module holds the service and the scheduler; intake of C{todo/} is
+L{qmailtx.sendtodo}, bounces and removal L{qmailtx.senddone}, the in-memory schedule
+L{qmailtx.sendchannel}, and the file work L{qmailtx.sendqueue}, run in threads.  The
+schedule is persisted as channel file mtimes on exit.
 
 Writes C{info/ local/ remote/ bounce/} (through sendqueue) and C{lock/sendmutex}'s lock;
 injects bounces only through the Queue.  Never opens sockets and never runs user code: the
@@ -19,7 +21,6 @@ import itertools
 import os
 import signal
 from collections import deque
-from dataclasses import replace
 
 from twisted.application import service
 from twisted.internet import defer
@@ -28,68 +29,26 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from qmailtx import log, sendqueue
-from qmailtx.bounce import bounceEntry, bounceEnvelope, bounceHead, cutVerp
+from qmailtx.bounce import bounceEntry
 from qmailtx.control import ControlError
-from qmailtx.rewrite import LOCAL, REMOTE, Rewriter, verpSender
+from qmailtx.rewrite import LOCAL, REMOTE, verpSender
 from qmailtx.results import Delivered, PermFailure, TempFailure
-from qmailtx.schedule import (DEFAULT_QUEUELIFETIME, LOCAL_SKIP, REMOTE_SKIP, expire,
-                              isDying, nextRetry)
+from qmailtx.schedule import LOCAL_SKIP, REMOTE_SKIP, expire, isDying, nextRetry
 from qmailtx.sendchannel import Lane, MessageJob
+from qmailtx.senddone import Completion, SendControls, UnavailableRemote
+from qmailtx.sendtodo import SCAN_INTERVAL, TodoIntake
 
-SPAWN = 120
-"""qmail's conf-spawn: the most simultaneous deliveries per channel."""
-SCAN_INTERVAL = 1500
-"""Seconds between scans of C{todo/} without a trigger (qmail-send's 25 minutes)."""
 CLEANUP_INTERVAL = 76431
 """Seconds between scans for crashed injections (queue.md §9)."""
-TODO_BATCH = 64
-"""C{todo/} entries preprocessed per thread call (their fsyncs share journal commits)."""
-TODO_PARALLEL = 3
-"""Preprocessing thread calls in flight at once."""
-FINISH_BATCH = 128
-"""Finished messages removed per thread call."""
-BOUNCE_RETRY = 10
-"""Seconds before a failed bounce injection or bounce append is tried again."""
 REMOTE_BATCH = 100
 """Recipients of one message, one host and one sender passed in one remote call."""
-TRIGGER_READ = 1024
 
 _log = Logger()
 
-NO_REMOTE = TempFailure(b"Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n")
 LOST = TempFailure(b"Internal error: delivery result lost. (#4.3.0)\n")
 
 
-class UnavailableRemote:
-    """The remote channel while no C{qmailtx.remote} exists: every recipient deferred."""
-
-    def deliver(self, host, sender, recipients, messPath):
-        return defer.succeed([NO_REMOTE] * len(recipients))
-
-
-class SendControls:
-    """What qmail-send reads from C{control/} at start (SIGHUP re-reads the rewriting)."""
-
-    def __init__(self, controls):
-        self.rewriter = Rewriter.fromControls(controls)
-        self.concurrency = {
-            LOCAL: min(controls.int("concurrencylocal", 10), SPAWN),
-            REMOTE: min(controls.int("concurrencyremote", 20), SPAWN),
-        }
-        self.queuelifetime = controls.int("queuelifetime", DEFAULT_QUEUELIFETIME)
-        self.bouncefrom = controls.line("bouncefrom", b"MAILER-DAEMON")
-        self.bouncehost = controls.lineOrMe("bouncehost", b"bouncehost")
-        self.doublebounceto = controls.line("doublebounceto", b"postmaster")
-        self.doublebouncehost = controls.lineOrMe("doublebouncehost", b"doublebouncehost")
-
-    def reload(self, controls):
-        """SIGHUP: new C{locals} and C{virtualdomains}, everything else kept."""
-        fresh = Rewriter.fromControls(controls)
-        self.rewriter = replace(self.rewriter, locals=fresh.locals,
-                                virtualdomains=fresh.virtualdomains)
-
-
-class Sender(service.Service):
+class Sender(TodoIntake, Completion, service.Service):
     """
     The queue manager.  C{local} has C{deliver(messPath, sender, recipient) -> Deferred(result)}
     (L{qmailtx.lspawn.LocalSpawner}); C{remote} has C{deliver(host, sender, recipients,
@@ -297,103 +256,6 @@ class Sender(service.Service):
     def logStatus(self):
         log.event("status: " + self.statusText())
 
-    # -- todo/ ------------------------------------------------------------------------
-
-    def todoArrived(self, msgid):
-        """The queue's observer: C{todo/<msgid>} exists now."""
-        self._wantTodo(msgid)
-        self._preprocessMore()
-
-    def _wantTodo(self, msgid):
-        if (msgid not in self.jobs and msgid not in self._todoWanted
-                and msgid not in self._todoInFlight):
-            self._todoWanted[msgid] = True
-
-    def _openTrigger(self):
-        name = os.path.join(self.queueDir, "lock", "trigger")
-        try:
-            fd = os.open(name, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as e:
-            log.warning(f"unable to open lock/trigger: {e.strerror}; scanning todo/ "
-                        f"every {SCAN_INTERVAL} seconds")
-            return
-        self._triggerReader = _TriggerReader(fd, self.scanTodo)
-        if hasattr(self.reactor, "addReader"):
-            self.reactor.addReader(self._triggerReader)
-
-    def _closeTrigger(self):
-        reader, self._triggerReader = self._triggerReader, None
-        if reader is not None:
-            if hasattr(self.reactor, "removeReader"):
-                self.reactor.removeReader(reader)
-            os.close(reader.fd)
-
-    def scanTodo(self):
-        """Look at C{todo/} (trigger, timer): one listing at a time, coalesced."""
-        if self.stopping or not self._loaded:
-            return
-        if self._scanning:
-            self._rescan = True
-            return
-        self._scanning = True
-        self._op(sendqueue.listTodo, self.queueDir).addBoth(self._cbScanned)
-
-    def _cbScanned(self, result):
-        self._scanning = False
-        if isinstance(result, list):
-            for msgid in sorted(result):
-                self._wantTodo(msgid)
-        else:
-            log.warning("unable to read todo/: " + result.getErrorMessage())
-        self._preprocessMore()
-        if self._rescan:
-            self._rescan = False
-            self.scanTodo()
-
-    def _preprocessMore(self):
-        if not self._loaded or self.stopping:
-            return
-        while self._todoWanted and self._todoRunning < TODO_PARALLEL:
-            batch = []
-            for msgid in list(self._todoWanted):
-                if msgid in self._cleaning:
-                    continue
-                del self._todoWanted[msgid]
-                batch.append(msgid)
-                if len(batch) == TODO_BATCH:
-                    break
-            if not batch:
-                return
-            self._todoRunning += 1
-            self._todoInFlight.update(batch)
-            d = self._blocking(sendqueue.preprocessBatch, self.queueDir, batch,
-                               self.config.rewriter.rewrite)
-            d.addBoth(self._cbPreprocessed, batch)
-
-    def _cbPreprocessed(self, results, batch):
-        self._todoRunning -= 1
-        self._todoInFlight.difference_update(batch)
-        if not isinstance(results, list):
-            log.warning("trouble preprocessing todo/: " + results.getErrorMessage())
-            results = []
-        for msgid, outcome in results:
-            if outcome is None:
-                continue
-            if isinstance(outcome, sendqueue.UnknownRecord):
-                log.warning(f"unknown record type in todo/{msgid}")
-                continue
-            if isinstance(outcome, OSError):
-                log.warning(f"trouble with todo/{msgid}: {outcome.strerror}; will try later")
-                continue
-            log.newMessage(msgid)
-            log.infoMessage(msgid, outcome.size, outcome.sender,
-                            outcome.qp.decode("ascii", "replace"),
-                            outcome.uid.decode("ascii", "replace"))
-            self._adopt(outcome)
-        self._pumpAll()
-        self._preprocessMore()
-        self._checkIdle()
-
     # -- scheduling ---------------------------------------------------------------------
 
     def _adopt(self, message):
@@ -530,7 +392,6 @@ class Sender(service.Service):
             if not isinstance(results, list):
                 _log.failure("delivery failed unexpectedly", results)
             results = [LOST] * len(items)
-        job = channel.job
         for (number, record), result in zip(items, results):
             result = expire(result, channel.dying)
             text = log.logsafe(result.text)
@@ -591,121 +452,5 @@ class Sender(service.Service):
         else:
             self._schedule(channel)
 
-    # -- completion ---------------------------------------------------------------------
-
-    def _complete(self, job):
-        """No channel left: bounce if there are failures, then remove the message."""
-        del self.jobs[job.msgid]
-        self._cleaning[job.msgid] = True
-        if job.bounce:
-            self._injectBounce(job)
-        else:
-            self._finish(job.msgid)
-
-    def _injectBounce(self, job):
-        self._busyOps += 1
-        d = self._blocking(sendqueue.removeChannels, self.queueDir, job.msgid,
-                           sendqueue.CHANNELS)
-        d.addCallback(lambda _: self._blocking(sendqueue.readForBounce, self.queueDir,
-                                               job.msgid))
-        d.addCallback(self._cbBounceRead, job)
-        d.addErrback(self._ebBounce, job)
-        d.addBoth(self._opDone)
-
-    def _opDone(self, _):
-        self._busyOps -= 1
-        self._checkIdle()
-
-    def _cbBounceRead(self, read, job):
-        text, original = read
-        if text is None:
-            return self._finish(job.msgid)
-        sender = cutVerp(job.sender)
-        envelope = bounceEnvelope(sender, self.config.doublebounceto,
-                                  self.config.doublebouncehost)
-        if envelope is None:
-            log.event(f"triple bounce: discarding bounce/{job.msgid}")
-            return self._finish(job.msgid)
-        bounceSender, recipient = envelope
-        try:
-            writer = self.queue.begin(b"for bounce")
-        except (TempFailure, PermFailure):
-            return self._ebBounce(None, job)
-        writer.write(bounceHead(sender, recipient, text, self.now(), self.config.bouncefrom,
-                                self.config.bouncehost))
-        writer.write(original)
-        d = writer.commit(bounceSender, [recipient])
-
-        def committed(_):
-            log.event(f"bounce msg {job.msgid} qp {writer.qp}")
-            self._finish(job.msgid)
-        return d.addCallback(committed)
-
-    def _ebBounce(self, failure, job):
-        log.warning("trouble injecting bounce message, will try later")
-        if failure is not None and not failure.check(TempFailure, PermFailure, OSError):
-            _log.failure("bounce injection", failure)
-        if not self.stopping:
-            self.reactor.callLater(BOUNCE_RETRY, self._injectBounce, job)
-
-    def _finish(self, msgid):
-        log.event(f"end msg {msgid}")
-        self._finishing.append(msgid)
-        self._finishMore()
-
-    def _finishMore(self):
-        if self._finishRunning or not self._finishing:
-            return
-        batch = self._finishing[:FINISH_BATCH]
-        del self._finishing[:FINISH_BATCH]
-        self._finishRunning = True
-        d = self._op(sendqueue.finishMessages, self.queueDir, batch)
-        d.addBoth(self._cbFinished, batch)
-
-    def _cbFinished(self, troubles, batch):
-        self._finishRunning = False
-        if isinstance(troubles, list):
-            for msgid, error in troubles:
-                log.warning(f"unable to remove msg {msgid}: {error}")
-        for msgid in batch:
-            self._cleaning.pop(msgid, None)
-        self._finishMore()
-        self._preprocessMore()
-
-    def cleanup(self):
-        """queue.md §9: remove what crashed injections left, off the reactor thread."""
-        if self.stopping:
-            return
-        d = self._op(sendqueue.cleanupScan, self.queueDir, self.now())
-        d.addErrback(lambda f: log.warning("cleanup failed: " + f.getErrorMessage()))
-
-
 def _host(address):
     return address[address.rfind(b"@") + 1:].lower()
-
-
-class _TriggerReader:
-    """C{lock/trigger}, opened read-write so it never reports EOF; any byte means "scan"."""
-
-    def __init__(self, fd, wake):
-        self.fd = fd
-        self.wake = wake
-
-    def fileno(self):
-        return self.fd
-
-    def doRead(self):
-        try:
-            while os.read(self.fd, TRIGGER_READ):
-                pass
-        except BlockingIOError:
-            pass
-        except OSError:
-            pass
-        self.wake()
-
-    def connectionLost(self, reason):
-        pass
-
-    def logPrefix(self):
-        return "trigger"

@@ -1,0 +1,119 @@
+"""
+qmail-send's intake (spec/queue.md §4): C{todo/} entries announced in-process by the Queue,
+by the C{lock/trigger} FIFO or by the periodic scan are preprocessed in batches in a thread
+(L{qmailtx.sendqueue.preprocessBatch}) and handed to the scheduler.
+
+A mixin of L{qmailtx.send.Sender}; writes nothing itself.  Never opens sockets.
+"""
+
+import os
+
+from qmailtx import log, sendqueue
+from qmailtx.senddone import _TriggerReader
+
+SCAN_INTERVAL = 1500
+"""Seconds between scans of C{todo/} without a trigger (qmail-send's 25 minutes)."""
+TODO_BATCH = 64
+"""C{todo/} entries preprocessed per thread call (their fsyncs share journal commits)."""
+TODO_PARALLEL = 3
+"""Preprocessing thread calls in flight at once."""
+
+
+class TodoIntake:
+    """From C{todo/} to preprocessed messages, for L{qmailtx.send.Sender}."""
+
+
+    def todoArrived(self, msgid):
+        """The queue's observer: C{todo/<msgid>} exists now."""
+        self._wantTodo(msgid)
+        self._preprocessMore()
+
+    def _wantTodo(self, msgid):
+        if (msgid not in self.jobs and msgid not in self._todoWanted
+                and msgid not in self._todoInFlight):
+            self._todoWanted[msgid] = True
+
+    def _openTrigger(self):
+        name = os.path.join(self.queueDir, "lock", "trigger")
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            log.warning(f"unable to open lock/trigger: {e.strerror}; scanning todo/ "
+                        f"every {SCAN_INTERVAL} seconds")
+            return
+        self._triggerReader = _TriggerReader(fd, self.scanTodo)
+        if hasattr(self.reactor, "addReader"):
+            self.reactor.addReader(self._triggerReader)
+
+    def _closeTrigger(self):
+        reader, self._triggerReader = self._triggerReader, None
+        if reader is not None:
+            if hasattr(self.reactor, "removeReader"):
+                self.reactor.removeReader(reader)
+            os.close(reader.fd)
+
+    def scanTodo(self):
+        """Look at C{todo/} (trigger, timer): one listing at a time, coalesced."""
+        if self.stopping or not self._loaded:
+            return
+        if self._scanning:
+            self._rescan = True
+            return
+        self._scanning = True
+        self._op(sendqueue.listTodo, self.queueDir).addBoth(self._cbScanned)
+
+    def _cbScanned(self, result):
+        self._scanning = False
+        if isinstance(result, list):
+            for msgid in sorted(result):
+                self._wantTodo(msgid)
+        else:
+            log.warning("unable to read todo/: " + result.getErrorMessage())
+        self._preprocessMore()
+        if self._rescan:
+            self._rescan = False
+            self.scanTodo()
+
+    def _preprocessMore(self):
+        if not self._loaded or self.stopping:
+            return
+        while self._todoWanted and self._todoRunning < TODO_PARALLEL:
+            batch = []
+            for msgid in list(self._todoWanted):
+                if msgid in self._cleaning:
+                    continue
+                del self._todoWanted[msgid]
+                batch.append(msgid)
+                if len(batch) == TODO_BATCH:
+                    break
+            if not batch:
+                return
+            self._todoRunning += 1
+            self._todoInFlight.update(batch)
+            d = self._blocking(sendqueue.preprocessBatch, self.queueDir, batch,
+                               self.config.rewriter.rewrite)
+            d.addBoth(self._cbPreprocessed, batch)
+
+    def _cbPreprocessed(self, results, batch):
+        self._todoRunning -= 1
+        self._todoInFlight.difference_update(batch)
+        if not isinstance(results, list):
+            log.warning("trouble preprocessing todo/: " + results.getErrorMessage())
+            results = []
+        for msgid, outcome in results:
+            if outcome is None:
+                continue
+            if isinstance(outcome, sendqueue.UnknownRecord):
+                log.warning(f"unknown record type in todo/{msgid}")
+                continue
+            if isinstance(outcome, OSError):
+                log.warning(f"trouble with todo/{msgid}: {outcome.strerror}; will try later")
+                continue
+            log.newMessage(msgid)
+            log.infoMessage(msgid, outcome.size, outcome.sender,
+                            outcome.qp.decode("ascii", "replace"),
+                            outcome.uid.decode("ascii", "replace"))
+            self._adopt(outcome)
+        self._pumpAll()
+        self._preprocessMore()
+        self._checkIdle()
