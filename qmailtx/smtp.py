@@ -30,6 +30,9 @@ RFC 5321 §4.5.3.1.8 asks for at least 100 (Postfix also stops at 1000)."""
 PIPELINE_LIMIT = 64 * 1024
 """Pipelined bytes held while a reply is pending (a DATA commit) before reading pauses."""
 
+CONTROL_RECHECK = 1.0
+"""Seconds a control snapshot serves new connections before the files are stat'ed again."""
+
 BARE_LF = b"451 See https://cr.yp.to/docs/smtplf.html.\r\n"
 
 _COMMAND, _DATA, _CLOSED = 0, 1, 2
@@ -399,14 +402,23 @@ class SMTPFactory(SecureFactory, Factory):
         self.programQueue = programQueue
         self.timeouts = IdleTimeouts(clock)
         self._snapshot = None
+        self._loadedAt = 0.0
 
     def loadControls(self):
-        """The current snapshot; the same object while no control file changed."""
-        snapshot = self._load(self.controlDir)
-        if snapshot == self._snapshot:
+        """
+        The current snapshot; the same object while no control file changed.  qmail-smtpd
+        re-reads its controls per connection; the files are looked at (a stat each) at most
+        every L{CONTROL_RECHECK} seconds, so a burst of connections costs no more, and an edit
+        still reaches the next connection a moment later.
+        """
+        now = self.clock.seconds()
+        if self._snapshot is not None and now - self._loadedAt < CONTROL_RECHECK:
             return self._snapshot
-        self._snapshot = snapshot
-        return snapshot
+        snapshot = self._load(self.controlDir)
+        self._loadedAt = now
+        if snapshot != self._snapshot:
+            self._snapshot = snapshot
+        return self._snapshot
 
     def queueFor(self, env):
         program = env.get("QMAILQUEUE")

@@ -3,7 +3,7 @@ qmailtx under C{twistd -n qmail}, from this checkout.
 
 The root comes from C{qmailtx init ROOT --me bench.local}, whose control/rcpthosts already
 lists bench.local, so the bench's recipient is accepted without relaying.  Accepted messages
-stay in ROOT/queue.  Writes only below its peer directory.
+stay in ROOT/queue, deliveries held.  Writes only below its peer directory.
 """
 
 import os
@@ -48,6 +48,11 @@ class QmailtxPeer(Peer):
         subprocess.run([sys.executable, "-c", "from qmailtx.scripts.main import run; run()",
                         "init", str(root), "--me", BENCH_DOMAIN],
                        env=self._env(), check=True, capture_output=True)
+        # Postfix holds every accepted message; the like here is qmail's hold, concurrency 0
+        # on both channels: the queue manager still preprocesses todo/ (its share of the
+        # work, as Postfix's cleanup does its own) but delivers nothing.
+        for name in ("concurrencylocal", "concurrencyremote"):
+            (root / "control" / name).write_text("0\n")
         rcpthosts = root / "control" / "rcpthosts"
         if BENCH_DOMAIN not in rcpthosts.read_text().split():
             with open(rcpthosts, "a") as f:

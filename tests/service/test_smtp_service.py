@@ -324,3 +324,15 @@ def test_QMAILQUEUE_failure_texts(qmailRoot, tmp_path):
                 s.mail("a@b")
                 s.rcpt("c@d")
                 assert s.data(b"hi\r\n") == reply
+
+
+def test_control_edit_reaches_next_connection(daemon, qmailRoot):
+    """Controls are re-read for new connections (as qmail-smtpd per connection), no restart."""
+    c = RawClient(daemon.port)
+    assert c.line() == b"220 mx.example.com ESMTP"
+    c.close()
+    (qmailRoot / "control" / "smtpgreeting").write_text("mx.example.com changed greeting\n")
+    time.sleep(1.2)
+    c = RawClient(daemon.port)
+    assert c.line() == b"220 mx.example.com changed greeting ESMTP"
+    c.close()
