@@ -1,0 +1,60 @@
+"""C{qmailtx ctl} against a live daemon: stat, pause/cont over the socket, signals, cdb."""
+
+import os
+import subprocess
+import sys
+import time
+
+from tests.service.daemon import REPO
+
+
+def ctl(root, *words):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "qmailtx.scripts.main", "ctl", "--root",
+                           str(root), *words], capture_output=True, text=True, env=env)
+
+
+def waitLog(daemon, text, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in daemon.log():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not logged")
+
+
+def test_statPauseContDoqueue(daemon, qmailRoot):
+    """stat finds the daemon by its pid file; pause/cont answer over the socket; doqueue signals."""
+    out = ctl(qmailRoot, "stat")
+    assert out.returncode == 0, out.stderr
+    assert f"qmailtx: up (pid {daemon.process.pid}) qmail-send: running" in out.stdout
+    assert "messages in queue: 0\n" in out.stdout
+    assert ctl(qmailRoot, "pause").stdout == "ok: deliveries paused\n"
+    assert "qmail-send: paused" in ctl(qmailRoot, "stat").stdout
+    assert ctl(qmailRoot, "cont").stdout == "ok: deliveries continue\n"
+    out = ctl(qmailRoot, "doqueue")
+    assert out.stdout == f"Sending ALRM signal to qmailtx (pid {daemon.process.pid}).\n"
+    (qmailRoot / "control" / "locals").write_bytes(b"[unreadable\n")
+    os.chmod(qmailRoot / "control" / "locals", 0o644)
+    assert ctl(qmailRoot, "reload").returncode == 0
+    time.sleep(0.3)
+    assert daemon.process.poll() is None
+
+
+def test_statWithoutDaemon(qmailRoot):
+    """stat says down (exit 1) when no daemon runs, and still prints qmail-qstat's lines."""
+    out = ctl(qmailRoot, "stat")
+    assert out.returncode == 1
+    assert out.stdout.startswith("qmailtx: down")
+    assert "messages in queue but not yet preprocessed: 0\n" in out.stdout
+
+
+def test_cdb(qmailRoot):
+    """cdb compiles rules/NAME to NAME.cdb and control/morercpthosts to its cdb."""
+    (qmailRoot / "control" / "morercpthosts").write_bytes(b"Extra.Example\n")
+    out = ctl(qmailRoot, "cdb")
+    assert out.returncode == 0, out.stdout
+    assert (qmailRoot / "rules" / "smtp.cdb").exists()
+    from qmailtx.cdbfile import CdbFile
+    assert CdbFile.fromPath(str(qmailRoot / "control" / "morercpthosts.cdb")).get(
+        b"extra.example") == b""
