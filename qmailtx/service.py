@@ -35,6 +35,7 @@ class Site:
         self.reactor = reactor
         self.controls = ControlDir(os.path.join(self.root, "control"))
         self.queue = Queue(self.root, reactor)
+        self.listenerQueue = self.queue
         self.ipme = ipme()
 
     def programQueue(self, program, env):
@@ -65,7 +66,8 @@ def buildSMTP(site, config, defaultEnv=None):
     from qmailtx.smtpauth import AuthThrottle
     from qmailtx.tls import ContextCache
 
-    factory = SMTPFactory(site.controls, site.queue, site.reactor, site.ipme, site.programQueue)
+    factory = SMTPFactory(site.controls, site.listenerQueue, site.reactor, site.ipme,
+                          site.programQueue)
     if config.get("checkpassword"):
         factory.checkpassword = [os.fsencode(w) for w in shlex.split(config["checkpassword"])]
     if getattr(site, "smtpAuthThrottle", None) is None:
@@ -91,13 +93,13 @@ def buildSMTPS(site, config):
 def buildQMTP(site, config):
     from qmailtx.qmtp import QMTPFactory
 
-    return QMTPFactory(site.queue, site.controls, site.reactor, site.programQueue)
+    return QMTPFactory(site.listenerQueue, site.controls, site.reactor, site.programQueue)
 
 
 def buildQMQP(site, config):
     from qmailtx.qmqp import QMQPFactory
 
-    return QMQPFactory(site.queue, site.controls, site.reactor, site.programQueue)
+    return QMQPFactory(site.listenerQueue, site.controls, site.reactor, site.programQueue)
 
 
 def buildPOP3(site, config, implicitTLS=False):
@@ -199,6 +201,11 @@ def makeQmailService(config, reactor=None):
         createRoot(root, config.get("me"))
         log.event(f"created qmail root {os.path.abspath(root)}")
     site = Site(root, reactor)
+    if config.get("nullclient"):
+        from qmailtx.nullclient import QmqpQueue
+
+        site.listenerQueue = QmqpQueue(site.controls, reactor, port=config["qmqpport"])
+        log.event("null client: listeners hand messages to control/qmqpservers")
     top = service.MultiService()
     top.site = site
     addDelivery(site, top)

@@ -45,10 +45,13 @@ class Options(usage.Options):
         ["checkpassword", None, None, "checkpassword program and arguments for POP3 and "
          "SMTP AUTH (split like a shell would), e.g. '/usr/bin/checkpassword-pam -s pop3'"],
         ["maildirname", None, "Maildir", "The maildir POP3 serves, relative to $HOME."],
+        ["qmqpport", None, 628, "With --nullclient: the QMQP servers' port.", int],
     ]
 
     optFlags = [
         ["pop3-tls-required", None, "POP3: refuse USER/PASS/APOP/AUTH until STLS."],
+        ["nullclient", None, "Null client: SMTP/QMTP/QMQP listeners hand each message to the "
+         "first answering server of control/qmqpservers (as qmail-qmqpc), queueing nothing."],
     ]
 
     def __init__(self):
