@@ -16,9 +16,9 @@ import time
 from qmailtx import inject
 from qmailtx.control import ControlDir, ControlError, parseList
 from qmailtx.localrun import injectForward
+from qmailtx.scripts import common
 from qmailtx.scripts.deliverworker import defaultQueueCommand
 
-DEFAULT_ROOT = "./qmail-root"
 READ_CHUNK = 65536
 """Bytes per read while the body is copied to the queue program or stdout."""
 MFT_LIMIT = 1024 * 1024
@@ -72,13 +72,7 @@ def getopt(args, spec, swallow=""):
 
 def takeRoot(args, environ):
     """Remove a leading C{--root DIR} / C{--root=DIR}; the root, else C{$QMAILHOME}, else C{./qmail-root}."""
-    root = os.fsdecode(environ.get(b"QMAILHOME") or DEFAULT_ROOT)
-    if args and args[0] == "--root" and len(args) > 1:
-        root = args[1]
-        del args[:2]
-    elif args and args[0].startswith("--root="):
-        root = args.pop(0)[len("--root="):]
-    return root
+    return common.takeRoot(args, environ, leading=True)
 
 
 def _fatal(text, code):

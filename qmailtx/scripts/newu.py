@@ -9,25 +9,9 @@ import os
 import sys
 
 from qmailtx.cdbfile import buildCdb
+from qmailtx.scripts.common import takeRoot
 from qmailtx.users import AssignFormatError, assignRecords
 
-DEFAULT_ROOT = "./qmail-root"
-
-
-def takeRoot(args):
-    """Remove C{--root DIR} from C{args}; the root, defaulting to C{$QMAILHOME} then C{./qmail-root}."""
-    root = os.environ.get("QMAILHOME") or DEFAULT_ROOT
-    rest = []
-    while args:
-        arg = args.pop(0)
-        if arg == "--root" and args:
-            root = args.pop(0)
-        elif arg.startswith("--root=") and len(arg) > 7:
-            root = arg[7:]
-        else:
-            rest.append(arg)
-    args[:] = rest
-    return root
 
 
 def _fatal(text):

@@ -7,22 +7,14 @@ The root is C{--root DIR}, else C{$QMAILHOME}, else C{./qmail-root} (the daemon'
 import os
 import sys
 
-DEFAULT_ROOT = "./qmail-root"
+from qmailtx.scripts.common import takeRoot
 
 
 def toolRoot(argv):
-    """The qmail root for an inspection tool, or C{None} for a usage error."""
+    """The qmail root for an inspection tool, or C{None} for a usage error (other arguments)."""
     args = list(argv[1:])
-    root = os.environ.get("QMAILHOME") or DEFAULT_ROOT
-    while args:
-        arg = args.pop(0)
-        if arg == "--root" and args:
-            root = args.pop(0)
-        elif arg.startswith("--root=") and len(arg) > 7:
-            root = arg[7:]
-        else:
-            return None
-    return root
+    root = takeRoot(args)
+    return None if args else root
 
 
 def countFiles(path):
