@@ -198,3 +198,7 @@ SCENARIOS = rateRows() + [
 from bench.tls import tlsRows  # noqa: E402 (bench.tls builds on the classes above)
 
 SCENARIOS += tlsRows()
+
+from bench.packages import packageRows  # noqa: E402 (bench.packages builds on the classes above)
+
+SCENARIOS += packageRows()

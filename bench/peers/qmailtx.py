@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.peers import BENCH_DOMAIN, Peer, countFiles, registerPeer
+from bench.peers import BENCH_DOMAIN, Peer, countFiles, freePort, registerPeer
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 #: tcpserver -c for the listener: above the 10,000 simultaneous connections the bench holds.
@@ -45,6 +45,8 @@ class QmailtxPeer(Peer):
 
     def prepare(self, port):
         root = self.directory / "root"
+        # QMTP and QMQP listeners for bench.packages' rows (idle in every other row).
+        self.packagePorts = {"qmtp": freePort(), "qmqp": freePort()}
         subprocess.run([sys.executable, "-c", "from qmailtx.scripts.main import run; run()",
                         "init", str(root), "--me", BENCH_DOMAIN],
                        env=self._env(), check=True, capture_output=True)
@@ -63,6 +65,8 @@ class QmailtxPeer(Peer):
                 "-n", "--pidfile=", "qmail", "--root", str(self.directory / "root"),
                 "--smtp", f"tcp:{port}:interface=127.0.0.1:backlog={BACKLOG}",
                 "--maxconn", f"smtp={MAX_CONNECTIONS}"]
+        for proto, packagePort in self.packagePorts.items():
+            argv += [f"--{proto}", f"tcp:{packagePort}:interface=127.0.0.1:backlog={BACKLOG}"]
         return argv, self._env()
 
     def storedCount(self):
