@@ -199,6 +199,10 @@ from bench.tls import tlsRows  # noqa: E402 (bench.tls builds on the classes abo
 
 SCENARIOS += tlsRows()
 
+from bench.remote import remoteRows  # noqa: E402 (bench.remote builds on the classes above)
+
+SCENARIOS += remoteRows()
+
 from bench.packages import packageRows  # noqa: E402 (bench.packages builds on the classes above)
 
 SCENARIOS += packageRows()
