@@ -9,6 +9,7 @@ everything else allowed to deliver locally.  Never touches an existing root.
 """
 
 import os
+import pwd
 import socket
 
 from qmailtx.queue import createLayout
@@ -31,6 +32,33 @@ SMTP_RULES = b"""\
 def defaultHostname():
     name = socket.getfqdn()
     return name if name and "." in name else "localhost"
+
+
+def aliasOwner():
+    """
+    Who owns C{alias/} when the root is made by root: the system's C{alias} user if there
+    is one (qmail's convention), else C{nobody}, since deliveries never run as uid 0.
+    """
+    for name in ("alias", "nobody"):
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        if entry.pw_uid != 0:
+            return entry.pw_uid, entry.pw_gid
+    return None
+
+
+def _giveAliasAway(alias):
+    if os.geteuid() != 0:
+        return
+    owner = aliasOwner()
+    if owner is None:
+        return
+    for dirpath, dirnames, filenames in os.walk(alias):
+        os.chown(dirpath, *owner)
+        for name in filenames:
+            os.chown(os.path.join(dirpath, name), *owner)
 
 
 def createRoot(root, me=None):
@@ -66,6 +94,7 @@ def createRoot(root, me=None):
         with open(os.path.join(alias, name), "wb") as f:
             f.write(b"./Maildir/\n")
         os.chmod(os.path.join(alias, name), 0o644)
+    _giveAliasAway(alias)
     rules = os.path.join(root, "rules")
     os.mkdir(rules, 0o755)
     with open(os.path.join(rules, "smtp"), "wb") as f:

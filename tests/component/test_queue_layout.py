@@ -64,3 +64,21 @@ def test_layoutOwner(tmp_path):
         for name in [dirpath] + [os.path.join(dirpath, n) for n in filenames]:
             st = os.lstat(name)
             assert (st.st_uid, st.st_gid) == (uid, gid)
+
+
+def test_init_gives_alias_to_a_mail_user(tmp_path):
+    """Made by root, alias/ belongs to the alias user or nobody, so postmaster mail can be
+    delivered (deliveries never run as uid 0); made by anyone else, to that user."""
+    import pwd
+
+    from qmailtx.rootdir import aliasOwner, createRoot
+
+    root = tmp_path / "root"
+    createRoot(str(root), "mx.example.com")
+    st = os.stat(root / "alias" / "Maildir" / "new")
+    if os.geteuid() == 0 and aliasOwner() is not None:
+        assert (st.st_uid, st.st_gid) == aliasOwner()
+        assert st.st_uid != 0
+        assert pwd.getpwuid(st.st_uid).pw_name in ("alias", "nobody")
+    else:
+        assert st.st_uid == os.geteuid()

@@ -266,6 +266,7 @@ def test_doubleBounceToPostmaster(site, user):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own the alias home as root")
 def test_rootOwnedAliasDefers(site):
     """As root, the alias user may not be uid 0: such deliveries are deferred with qmail's text."""
+    os.chown(os.path.join(site.root, "alias"), 0, 0)  # init gives it away; make it root's again
     site.start()
     site.send("someone@example.org", ["postmaster@" + ME])
     site.logLine(r"deferral: Not_allowed_to_perform_deliveries_as_root./")
