@@ -99,11 +99,20 @@ def hasPartialFinalLine(path):
     @raise OSError: when the file cannot be read (the caller reports #4.3.0).
     """
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return False
-        f.seek(size - 1)
-        return f.read(1) not in (b"\n", b"\r")
+        return partialFinalLine(f)[0]
+
+
+def partialFinalLine(messageFile):
+    """
+    L{hasPartialFinalLine} for an open file, without moving its position: C{(partial,
+    size)}, so the caller that goes on to send the file opens and stats it once.
+
+    @raise OSError: when the file cannot be read.
+    """
+    size = os.fstat(messageFile.fileno()).st_size
+    if size == 0:
+        return False, 0
+    return os.pread(messageFile.fileno(), 1, size - 1) not in (b"\n", b"\r"), size
 
 
 class MessageStreamer:
@@ -111,16 +120,18 @@ class MessageStreamer:
     A pull producer copying one open queue file through a transform to a consumer.
 
     A message shorter than one chunk goes out in a single write without registering a
-    producer (the common case, one write per message); a larger one is written a chunk at
-    a time as the consumer asks for more.
+    producer (the common case, one write per message; with C{size}, the file's length from
+    the caller's fstat, without a second read to find its end); a larger one is written a
+    chunk at a time as the consumer asks for more.
 
     @ivar done: fires with C{None} when everything, C{trailer} included, has been written;
         fails with L{PartialFinalLine}, the read error, or L{StreamStopped}.
     """
 
     def __init__(self, messageFile, consumer, transform, trailer=b"", chunkSize=CHUNK_SIZE,
-                 progress=None):
+                 progress=None, size=None):
         self._file = messageFile
+        self._size = size
         self._consumer = consumer
         self._transform = transform
         self._trailer = trailer
@@ -136,6 +147,9 @@ class MessageStreamer:
         if first is None:
             return self.done
         if len(first) < self._chunkSize:
+            if self._size is not None and len(first) == self._size:
+                self._write(first, last=True)
+                return self.done
             rest = self._read()
             if rest is None:
                 return self.done

@@ -23,10 +23,11 @@ from twisted.names.error import DNSNameError
 from qmailtx import log, qmtpclient, smtpclient
 from qmailtx.bounce import quoteLocal
 from qmailtx.control import ControlError
-from qmailtx.encoder import PARTIAL_LINE, hasPartialFinalLine
+from qmailtx.encoder import PARTIAL_LINE, partialFinalLine
 from qmailtx.ipme import ipme as localAddresses
 from qmailtx.remoteroute import (
-    Candidate, TimeoutTable, findRoute, literalAddress, mxpsQMTP, orderExchangers, tlsPolicy)
+    Candidate, TimeoutTable, keyTable, literalAddress, lookupKey, mxpsQMTP, orderExchangers,
+    parseRoute, tlsPolicy)
 from qmailtx.results import Delivered, PermFailure, TempFailure
 
 SMTP_PORT = 25
@@ -47,6 +48,10 @@ REUSE_SECONDS = 300
 """Age after which a connection is no longer reused (Postfix's reuse time limit)."""
 IDLE_PER_DESTINATION = 40
 """Idle connections kept per destination: twice the default concurrencyremote."""
+CONTROL_RECHECK = 1.0
+"""Seconds the control settings serve deliveries before the files are looked at again:
+qmail-remote reads them once per run, and a stat per file per message was a fifth of the
+channel's CPU at a few thousand messages a second."""
 
 
 def permDNS(host):
@@ -142,7 +147,8 @@ class RemoteDeliverer:
     """
     Delivers to remote hosts as qmail-remote does; one instance serves the daemon.
 
-    @param controls: a L{qmailtx.control.ControlDir}, read on every delivery.
+    @param controls: a L{qmailtx.control.ControlDir}, looked at again at most every
+        L{CONTROL_RECHECK} seconds.
     @param resolver: a twisted.names resolver (default: the system's).
     @param ipme: this host's addresses for the self-MX rule (default: the interfaces').
     @param smtpPort: port for MX and literal-IP deliveries (25; tests use another).
@@ -163,6 +169,8 @@ class RemoteDeliverer:
         self.rng = rng or random.Random()
         self.timeouts = TimeoutTable(reactor, os.getpid())
         self.cache = ConnectionCache(reactor)
+        self._controlSnapshot = None
+        self._controlsAt = 0.0
 
     def deliver(self, host, sender, recipients, messPath):
         """
@@ -194,46 +202,67 @@ class RemoteDeliverer:
             blank.message = CONTROL_TEXT
             return blank
         try:
-            if hasPartialFinalLine(messPath):
-                blank.message = PARTIAL_LINE
-                return blank
+            messageFile = open(messPath, "rb")
         except OSError:
             blank.message = READ_TEXT
             return blank
-        sender = mangle(sender)
-        recipients = [mangle(r) for r in recipients]
-        try:
-            result = yield self._send(host, settings, sender, recipients, messPath)
-        except smtpclient.Failed as e:
-            blank.message = e.report
-            return blank
-        return result
+        with messageFile:
+            try:
+                partial, size = partialFinalLine(messageFile)
+            except OSError:
+                blank.message = READ_TEXT
+                return blank
+            if partial:
+                blank.message = PARTIAL_LINE
+                return blank
+            sender = mangle(sender)
+            recipients = [mangle(r) for r in recipients]
+            message = (messPath, messageFile, size)
+            try:
+                result = yield self._send(host, settings, sender, recipients, message)
+            except smtpclient.Failed as e:
+                blank.message = e.report
+                return blank
+            return result
 
-    def _settings(self, host):
+    def _controls(self):
+        """The host-independent settings, re-read after L{CONTROL_RECHECK} seconds."""
+        now = self.reactor.seconds()
+        if self._controlSnapshot is not None and 0 <= now - self._controlsAt < CONTROL_RECHECK:
+            return self._controlSnapshot
         c = self.controls
         helohost = c.line("helohost")
         if helohost is None:
             helohost = c.me()
         if helohost is None:
             raise ControlError("neither helohost nor me")
-        return {
+        self._controlSnapshot = {
             "helohost": helohost,
             "timeout": max(c.int("timeoutremote", 1200), 1),
             "connectTimeout": max(c.int("timeoutconnect", 60), 1),
-            "qmtpRoute": findRoute(c.list("qmtproutes", []), host, QMTP_PORT),
-            "smtpRoute": findRoute(c.list("smtproutes", []), host, SMTP_PORT),
+            "qmtproutes": keyTable(c.list("qmtproutes", [])),
+            "smtproutes": keyTable(c.list("smtproutes", [])),
             "mxps": c.int("mxps", 1) != 0,
         }
+        self._controlsAt = now
+        return self._controlSnapshot
+
+    def _settings(self, host):
+        settings = dict(self._controls())
+        for kind, port in (("qmtp", QMTP_PORT), ("smtp", SMTP_PORT)):
+            value = lookupKey(settings[kind + "routes"], host)
+            settings[kind + "Route"] = None if value is None else parseRoute(value, port)
+        return settings
 
     @defer.inlineCallbacks
-    def _send(self, host, settings, sender, recipients, messPath):
+    def _send(self, host, settings, sender, recipients, message):
         route = settings["qmtpRoute"] or settings["smtpRoute"]
         qmtpRoute = settings["qmtpRoute"] is not None
         key = (host.lower(),) if route is None else (route.relay.lower(), route.port, qmtpRoute)
         if not qmtpRoute:
             client = self.cache.take(key)
             if client is not None:
-                attempt = yield self._transaction(client, key, sender, recipients, messPath)
+                attempt = yield self._transaction(client, key, sender, recipients, message)
                 if not _diedBeforeReply(attempt, client):
                     return attempt
         candidates = yield self._candidates(host, route, qmtpRoute, settings["mxps"])
@@ -255,27 +284,25 @@ class RemoteDeliverer:
                 continue
             self.timeouts.failed(candidate.address, timedOut=False)
             if qmtp:
-                attempt = yield qmtpclient.deliver(client, sender, recipients, messPath)
+                attempt = yield qmtpclient.deliver(client, sender, recipients, message[0])
                 return attempt
             client.born = self.reactor.seconds()
             policy = tlsPolicy(self.controls, host, candidate.name)
             credentials = route.credentials if route is not None else None
             yield smtpclient.openSession(client, settings["helohost"], policy, credentials)
-            attempt = yield self._transaction(client, key, sender, recipients, messPath)
+            attempt = yield self._transaction(client, key, sender, recipients, message)
             return attempt
         raise smtpclient.Failed(NO_CONNECTION)
 
     @defer.inlineCallbacks
-    def _transaction(self, client, key, sender, recipients, messPath):
+    def _transaction(self, client, key, sender, recipients, message):
+        _, messageFile, size = message
         try:
-            messageFile = open(messPath, "rb")
+            messageFile.seek(0)
         except OSError:
             client.quit()
             return smtpclient.Attempt([None] * len(recipients), READ_TEXT)
-        with messageFile:
-            size = os.fstat(messageFile.fileno()).st_size
-            attempt = yield smtpclient.transaction(client, sender, recipients, messageFile,
-                                                   size)
+        attempt = yield smtpclient.transaction(client, sender, recipients, messageFile, size)
         if client.reusable and client.connected:
             self.cache.give(key, client)
         else:

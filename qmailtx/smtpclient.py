@@ -45,7 +45,8 @@ class ReplyParser:
     qmail-remote's C{smtpcode()} as an incremental parser: the code is the first three
     bytes of the first line (whatever they are); a line whose fourth byte is C{-} is
     followed by another; CRs are dropped from the kept text; the text keeps at most
-    L{REPLY_TEXT_LIMIT} bytes.
+    L{REPLY_TEXT_LIMIT} bytes.  A whole line in one chunk is taken at once; the byte
+    steps only serve lines split across reads.
     """
 
     def __init__(self):
@@ -68,6 +69,25 @@ class ReplyParser:
         """Consume C{data}; yields every L{Reply} it completes."""
         i, n = 0, len(data)
         while i < n:
+            if self._column == 0 and n - i >= 4:
+                end = i + 4 if data[i + 3] == 10 else data.find(b"\n", i + 4) + 1
+                if end:
+                    line = data[i:end]
+                    i = end
+                    self._seen += len(line)
+                    if self._first:
+                        self._code = ((line[0] - 48) * 10 + line[1] - 48) * 10 + line[2] - 48
+                    self._keep(line[:4].replace(b"\r", b""))
+                    self._keep(line[4:])
+                    if line[3] == 45:
+                        self._first = False
+                        if self._seen > REPLY_LIMIT:
+                            raise ReplyTooLong()
+                        continue
+                    reply = Reply(self._code % 2 ** 64, bytes(self._text))
+                    self._start()
+                    yield reply
+                    continue
             if self._column < 4:
                 byte = data[i]
                 i += 1
@@ -186,7 +206,7 @@ class SMTPClient(Protocol, TimeoutMixin):
     def sendLine(self, line):
         return self.sendLines([line])[0]
 
-    def sendMessage(self, messageFile):
+    def sendMessage(self, messageFile, size=None):
         """
         Stream the message (the reply to DATA was below 400).  Returns two Deferreds: the
         message fully written (with its final dot), and the reply after it.  When writing
@@ -195,7 +215,7 @@ class SMTPClient(Protocol, TimeoutMixin):
         reply = defer.Deferred()
         self._waiting.append(reply)
         streamer = MessageStreamer(messageFile, self.transport, SMTPEncoder(),
-                                   progress=self.resetTimeout)
+                                   progress=self.resetTimeout, size=size)
 
         def failed(reason):
             self.reusable = False
@@ -434,7 +454,7 @@ def transaction(client, sender, recipients, messageFile, size=None):
             attempt.message = quitReport(b"D" if reply.code >= 500 else b"Z", ip,
                                          b" failed on DATA command", reply)
             return attempt
-        written, replied = client.sendMessage(messageFile)
+        written, replied = client.sendMessage(messageFile, size)
         yield written
         critical = True
         reply = yield replied

@@ -5,6 +5,7 @@ timeouts, and RSET for reuse.
 """
 
 import io
+import random
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -237,3 +238,26 @@ def test_replyParser():
     assert replies[0].code == 550 and len(replies[0].text) == 5000
     assert list(p.feed(b"abc\n"))[0].code >= 500
     assert list(p.feed(b"354\n"))[0] == smtpclient.Reply(354, b"354\n")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_replyParserSplitsChangeNothing(seed):
+    """
+    Whole lines in one read (taken a line at a time) and lines split anywhere (taken a byte
+    at a time) give the same replies: codes from odd first bytes, a newline inside the code,
+    CRs, continuation lines, over-long text.
+    """
+    rng = random.Random(seed)
+    pieces = [b"250-a\r\n999 b\r\n", b"354\n", b"5\n0 odd\n", b"abc\r\n", b"421-x\n421 y\r\n",
+              b"250 " + b"z" * 6000 + b"\r\n", b"25\r\n", b"\n\n\n\n", b"550-\n550 \r\r\n"]
+    data = b"".join(rng.choice(pieces) for _ in range(30))
+    whole = list(ReplyParser().feed(data))
+    parser, split, i = ReplyParser(), [], 0
+    while i < len(data):
+        n = rng.randint(1, 9)
+        split += list(parser.feed(data[i:i + n]))
+        i += n
+    bytewise = ReplyParser()
+    single = [r for k in range(len(data)) for r in bytewise.feed(data[k:k + 1])]
+    assert whole == split == single and whole
+    assert all(r.code != 999 for r in whole)

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from qmailtx.encoder import (
-    CHUNK_SIZE, MessageStreamer, PartialFinalLine, SMTPEncoder, encodeMessage,
+    CHUNK_SIZE, MessageStreamer, PartialFinalLine, SMTPEncoder, encodeMessage, partialFinalLine,
     hasPartialFinalLine, verbatim)
 
 
@@ -166,3 +166,30 @@ def test_streamerVerbatimTrailer():
     c = Consumer()
     MessageStreamer(io.BytesIO(b"a\r.\r"), c, verbatim(), trailer=b",").start()
     assert b"".join(c.data) == b"a\r.\r,"
+
+
+class CountingReads(io.BytesIO):
+    reads = 0
+
+    def read(self, n=-1):
+        self.reads += 1
+        return io.BytesIO.read(self, n)
+
+
+def test_streamerKnownSizeOneRead():
+    """Told the file's size, a small message is sent after one read (no read to find EOF)."""
+    for size in (True, False):
+        f, c = CountingReads(b"a\n.\n"), Consumer()
+        MessageStreamer(f, c, SMTPEncoder(), size=4 if size else None).start()
+        assert c.data == [b"a\r\n..\r\n.\r\n"]
+        assert f.reads == (1 if size else 2)
+
+
+def test_partialFinalLineKeepsPosition(tmp_path):
+    """On an open file: (partial, size) from the last byte, the read position untouched."""
+    p = tmp_path / "m"
+    for data, partial in [(b"", False), (b"a\n", False), (b"a\r", False), (b"ab", True)]:
+        p.write_bytes(data)
+        with open(p, "rb") as f:
+            assert partialFinalLine(f) == (partial, len(data))
+            assert f.tell() == 0
