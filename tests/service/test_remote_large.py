@@ -3,7 +3,6 @@ A 100 MB message goes out with flat memory: `qmailtx remote` to Postfix's smtp-s
 its resident size within a few MB of the same command sending an empty message.
 """
 
-import resource
 import time
 import shutil
 import subprocess
