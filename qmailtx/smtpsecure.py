@@ -7,8 +7,8 @@ transaction and AUTH, so no command crosses the switch), implicit TLS before the
 the AUTH verb and its exchange lines, the checkpassword call (input held meanwhile, like a
 DATA commit), the delayed C{535}, and what a login changes (relaying, TCPREMOTEINFO, the
 Received PROTO word).  Pure rules come from L{qmailtx.smtpauth}; contexts from
-L{qmailtx.tls}.  Writes nothing; must not import the queue or read control files beyond
-C{tlsserverciphers}.
+L{qmailtx.tls}; the TLS layer from L{qmailtx.tlstransport}.  Writes nothing; must not import
+the queue or read control files beyond C{tlsserverciphers}.
 """
 
 import itertools
@@ -21,6 +21,7 @@ from qmailtx import checkpassword as cpw, log, smtpauth
 from qmailtx.control import ControlError
 from qmailtx.results import TempFailure
 from qmailtx.tls import ContextCache, TLSSetupError
+from qmailtx.tlstransport import startTLS
 
 STARTTLS_ARGUMENT = b"501 Syntax error (no parameters allowed) (#5.5.4)"
 UNIMPLEMENTED = b"502 unimplemented (#5.5.1)"
@@ -120,7 +121,7 @@ class SecureSession:
 
     def _startTLS(self, creator):
         self.tlsActive = True
-        self.transport.startTLS(creator)
+        startTLS(self, creator)
         self._handshakeTimer = self.factory.clock.callLater(
             min(self.timeout, HANDSHAKE_TIMEOUT), self._handshakeTimedOut)
 
@@ -154,7 +155,7 @@ class SecureSession:
             except ControlError:
                 raise TLSSetupError(b"unable to read control/tlsserverciphers")
         tls = self.factory.serverTLS(path)
-        tls.context(ciphers or None)
+        tls.sslContext(ciphers or None)
         return tls
 
     def _authOffered(self):

@@ -3,18 +3,23 @@ Server TLS from C{control/servercert.pem} (spec/smtp.md §8), for every listener
 TLS (SMTP STARTTLS, SMTPS, POP3 STLS/POP3S).
 
 The PEM holds the private key and the certificate chain in one file, as qmail-tls keeps it.
-L{ServerTLS} builds an OpenSSL context from it (TLS 1.2 or newer, forward-secret AEAD ciphers
-unless C{TLSCIPHERS}/C{control/tlsserverciphers} say otherwise) and rebuilds it when the file
+L{ServerTLS} builds contexts from it (TLS 1.2 or newer, forward-secret AEAD ciphers unless
+C{TLSCIPHERS}/C{control/tlsserverciphers} say otherwise) and rebuilds them when the file
 changes, so replacing the certificate takes effect on the next handshake without a restart; a
-broken replacement is logged and the previous context kept.  L{selfSignedPEM} makes the
-certificate that C{qmailtx init} installs.
+broken replacement is logged and the previous one kept.  Listeners serve through the standard
+library's C{ssl} (L{ServerTLS.serverObject}, for L{qmailtx.tlstransport}: it costs a fraction
+of pyOpenSSL's per record); the pyOpenSSL context remains for Twisted's own TLS
+(C{startTLS}, C{TLSMemoryBIOFactory}).  L{selfSignedPEM} makes the certificate that
+C{qmailtx init} installs.
 
-Writes only in L{writeSelfSigned} (temp, fsync, rename).  Must not import protocols.
+Writes only in L{writeSelfSigned} (temp, fsync, rename); the PEM reaches the C{ssl} module
+through an anonymous memory file.  Must not import protocols.
 """
 
 import datetime
 import os
 import re
+import ssl
 
 from OpenSSL import SSL
 from zope.interface import implementer
@@ -33,6 +38,9 @@ DEFAULT_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!
 
 _OPTIONS = (SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
             | getattr(SSL, "OP_NO_RENEGOTIATION", 0))
+
+_SSL_OPTIONS = (ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+                | getattr(ssl, "OP_NO_RENEGOTIATION", 0))
 
 _BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.S)
 
@@ -82,11 +90,45 @@ def buildContext(pem, ciphers=None):
     return ctx
 
 
+def _noPassphrase(*args):
+    """An encrypted key is refused, never prompted for on a terminal."""
+    return b""
+
+
+def buildSSLContext(pem, ciphers=None):
+    """
+    An C{ssl.SSLContext} serving the first key and the certificate chain in C{pem} (bytes),
+    with the policy of L{buildContext}; raises L{TLSSetupError} as it does.
+    """
+    keys, certs = _pemBlocks(pem)
+    if not keys or not certs:
+        raise TLSSetupError(b"missing key or certificate")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= _SSL_OPTIONS
+    fd = os.memfd_create("servercert.pem", os.MFD_CLOEXEC)
+    try:
+        with os.fdopen(os.dup(fd), "wb") as f:
+            f.write(b"\n".join([keys[0]] + certs) + b"\n")
+        ctx.load_cert_chain(f"/proc/self/fd/{fd}", password=_noPassphrase)
+    except (OSError, ssl.SSLError, ValueError):
+        raise TLSSetupError(b"unable to load certificate")
+    finally:
+        os.close(fd)
+    try:
+        ctx.set_ciphers((ciphers or DEFAULT_CIPHERS).decode("ascii", "replace"))
+    except ssl.SSLError:
+        raise TLSSetupError(b"cipher list selects no cipher")
+    return ctx
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerTLS:
     """
-    The TLS server side of one PEM file: a connection creator for C{startTLS} and
-    C{TLSMemoryBIOFactory} whose context follows the file.
+    The TLS server side of one PEM file, whose contexts follow the file: the creator of
+    L{qmailtx.tlstransport} sessions (L{serverObject}) and a pyOpenSSL connection creator for
+    Twisted's C{startTLS} and C{TLSMemoryBIOFactory}.  The cipher string chosen by the last
+    L{sslContext} or L{context} call applies to the next connection made.
 
     @ivar path: the PEM file (str).
     """
@@ -96,7 +138,8 @@ class ServerTLS:
         self._ident = None
         self._pem = None
         self._contexts = {}
-        self._current = None
+        self._sslContexts = {}
+        self._selected = None
 
     def _readIfChanged(self):
         """Load the PEM again if its inode, size or times changed; keep the old one if bad."""
@@ -112,6 +155,7 @@ class ServerTLS:
                 raise TLSSetupError(b"certificate file too large")
             if pem == self._pem:
                 return
+            buildSSLContext(pem)
             buildContext(pem)
         except (OSError, TLSSetupError) as e:
             if isinstance(e, OSError):
@@ -124,28 +168,42 @@ class ServerTLS:
             return
         self._pem = pem
         self._contexts = {}
+        self._sslContexts = {}
+
+    def _cached(self, kind, build, ciphers):
+        self._readIfChanged()
+        cache = getattr(self, kind)
+        ctx = cache.get(ciphers)
+        if ctx is None:
+            ctx = build(self._pem, ciphers)
+            if len(cache) >= CONTEXT_CACHE_LIMIT:
+                cache.clear()
+            cache[ciphers] = ctx
+        self._selected = ciphers
+        return ctx
 
     def context(self, ciphers=None):
         """
-        The current C{SSL.Context} for C{ciphers} (bytes or C{None} for the default), after
-        re-reading the PEM if it changed; raises L{TLSSetupError}.  The next
-        L{serverConnectionForTLS} uses the context returned here.
+        The current pyOpenSSL C{SSL.Context} for C{ciphers} (bytes or C{None} for the
+        default), after re-reading the PEM if it changed; raises L{TLSSetupError}.
         """
-        self._readIfChanged()
-        ctx = self._contexts.get(ciphers)
-        if ctx is None:
-            ctx = buildContext(self._pem, ciphers)
-            if len(self._contexts) >= CONTEXT_CACHE_LIMIT:
-                self._contexts.clear()
-            self._contexts[ciphers] = ctx
-        self._current = ctx
-        return ctx
+        return self._cached("_contexts", buildContext, ciphers)
+
+    def sslContext(self, ciphers=None):
+        """The current C{ssl.SSLContext} for C{ciphers}, as L{context} is for pyOpenSSL."""
+        return self._cached("_sslContexts", buildSSLContext, ciphers)
+
+    def serverObject(self, incoming, outgoing):
+        """An C{ssl.SSLObject} for one connection over two C{ssl.MemoryBIO}s."""
+        ciphers, self._selected = self._selected, None
+        ctx = self.sslContext(ciphers)
+        self._selected = None
+        return ctx.wrap_bio(incoming, outgoing, server_side=True)
 
     def serverConnectionForTLS(self, protocol):
-        ctx = self._current
-        if ctx is None:
-            ctx = self.context()
-        self._current = None
+        ciphers, self._selected = self._selected, None
+        ctx = self.context(ciphers)
+        self._selected = None
         return SSL.Connection(ctx, None)
 
 

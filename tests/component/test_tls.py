@@ -143,3 +143,96 @@ def test_init_installs_private_certificate(tmp_path):
     cert = x509.load_pem_x509_certificate(data[data.index(b"-----BEGIN CERTIFICATE-----"):])
     assert cert.subject.rfc4514_string() == "CN=mx.example.com"
     tls.buildContext(data)
+
+
+def stdlibHandshake(server, ciphers=None, maximum=None):
+    """As L{handshake}, but served by the C{ssl.SSLContext} listeners use."""
+    a, b = socket.socketpair()
+    errors = []
+    serverSock = server.sslContext(ciphers).wrap_socket(a, server_side=True,
+                                                        do_handshake_on_connect=False)
+
+    def serve():
+        try:
+            serverSock.do_handshake()
+        except (ssl.SSLError, OSError) as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if maximum is not None:
+        ctx.maximum_version = maximum
+    try:
+        with ctx.wrap_socket(b) as client:
+            der = client.getpeercert(binary_form=True)
+            version, cipher = client.version(), client.cipher()[0]
+    finally:
+        thread.join(5)
+        serverSock.close()
+    cert = x509.load_der_x509_certificate(der)
+    return version, cert.subject.rfc4514_string(), cipher
+
+
+def test_stdlib_context_serves_chain_and_policy(tmp_path):
+    """
+    The ssl.SSLContext from servercert.pem serves the leaf and its chain, TLS 1.3, and
+    TLS 1.2 only with the caller's cipher list.
+    """
+    pem = tls.selfSignedPEM(b"leaf.example.com")
+    extra = tls.selfSignedPEM(b"ca.example.com")
+    path = tmp_path / "servercert.pem"
+    path.write_bytes(pem + extra[extra.index(b"-----BEGIN CERTIFICATE-----"):])
+    server = tls.ServerTLS(str(path))
+    version, subject, _ = stdlibHandshake(server)
+    assert (version, subject) == ("TLSv1.3", "CN=leaf.example.com")
+    version, _, cipher = stdlibHandshake(server, b"ECDHE-ECDSA-AES128-GCM-SHA256",
+                                         ssl.TLSVersion.TLSv1_2)
+    assert (version, cipher) == ("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256")
+    a, b = socket.socketpair()
+    served = server.sslContext().wrap_socket(a, server_side=True, do_handshake_on_connect=False)
+    client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), b)
+    client.set_connect_state()
+    thread = threading.Thread(target=served.do_handshake)
+    thread.start()
+    client.do_handshake()
+    thread.join(5)
+    names = [c.subject.rfc4514_string() for c in client.get_peer_cert_chain(as_cryptography=True)]
+    served.close()
+    b.close()
+    assert names == ["CN=leaf.example.com", "CN=ca.example.com"]
+
+
+def test_stdlib_context_refuses_what_pyopenssl_refuses(tmp_path):
+    """Mismatched key, no key, an encrypted key (never prompted for), no usable cipher."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    one = tls.selfSignedPEM(b"a")
+    two = tls.selfSignedPEM(b"b")
+    keyOfOne = one.split(b"-----END PRIVATE KEY-----")[0] + b"-----END PRIVATE KEY-----\n"
+    certOfTwo = two[two.index(b"-----BEGIN CERTIFICATE-----"):]
+    certOfOne = one[one.index(b"-----BEGIN CERTIFICATE-----"):]
+    encrypted = load_pem_private_key(keyOfOne, None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"))
+    for pem in (keyOfOne + certOfTwo, certOfTwo, encrypted + certOfOne):
+        with pytest.raises(tls.TLSSetupError):
+            tls.buildSSLContext(pem)
+    with pytest.raises(tls.TLSSetupError) as e:
+        tls.buildSSLContext(one, b"NO-SUCH-CIPHER")
+    assert e.value.args[0] == b"cipher list selects no cipher"
+
+
+def test_stdlib_context_follows_the_file(tmp_path):
+    """A replaced PEM is served by the next ssl.SSLContext; a broken one keeps the previous."""
+    path = tmp_path / "servercert.pem"
+    path.write_bytes(tls.selfSignedPEM(b"one.example.com"))
+    server = tls.ServerTLS(str(path))
+    assert stdlibHandshake(server)[1] == "CN=one.example.com"
+    path.write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+    assert stdlibHandshake(server)[1] == "CN=one.example.com"
+    path.write_bytes(tls.selfSignedPEM(b"two.example.com"))
+    assert stdlibHandshake(server)[1] == "CN=two.example.com"
