@@ -12,7 +12,9 @@ queue or sockets.
 """
 
 import errno
+import operator
 import os
+import re
 import socket
 import threading
 import time
@@ -66,7 +68,8 @@ def _hostPart(hostname):
 class UniqueNames:
     """
     Maildir unique names C{<sec>.M<usec>P<pid>Q<n>.<host>}: the counter makes them unique
-    inside one process, where the pid alone is not (spec/local.md §7 decision).
+    inside one process, where the pid alone is not (spec/local.md §7 decision).  The
+    microseconds have six digits, so that names of one second sort by time as bytes.
     """
 
     def __init__(self, hostname=None, clock=time.time, pid=None):
@@ -85,7 +88,7 @@ class UniqueNames:
         now = self.clock()
         sec = int(now)
         usec = int((now - sec) * 1000000)
-        return b"%d.M%dP%dQ%d.%s" % (sec, usec, self.pid, counter, self.host)
+        return b"%d.M%06dP%dQ%d.%s" % (sec, usec, self.pid, counter, self.host)
 
 
 _names = None
@@ -98,13 +101,35 @@ def _defaultNames():
     return _names
 
 
+_DELIVERED = re.compile(rb"(\d{10})\.M(\d{6})P\d+Q\d+\.[^:]*,S=(\d+)(?::|\Z)", re.S)
+
+
+def deliveredStat(name):
+    """
+    C{(mtime_ns, size)} of a message file that L{deliver} wrote, read from its name alone;
+    C{None} for any other name.
+
+    L{deliver} names a message C{<sec>.M<usec>P<pid>Q<n>.<host>,S=<size>} (ten digits of
+    seconds, six of microseconds) and sets its mtime to exactly that second and microsecond,
+    so a reader can sort and size such files without a stat per message.  For two such
+    names, byte order is (time, name) order, whatever the filesystem's timestamp granularity.
+    """
+    m = _DELIVERED.match(name)
+    if m is None:
+        return None
+    sec, usec, size = m.groups()
+    return int(sec + usec) * 1000, int(size)
+
+
 def deliver(maildirPath, prefix, message, names=None, syncDirectory=True):
     """
     Write C{prefix} then the rest of C{message} (a readable binary file) as one new
-    message in the maildir at C{maildirPath}: create C{tmp/<unique>} exclusively, fsync,
-    link to C{new/<unique>}, unlink the tmp name, fsync C{new/}.
+    message in the maildir at C{maildirPath}: create C{tmp/<unique>} exclusively, write,
+    set its mtime to the unique name's time, fsync, link to C{new/<unique>,S=<size>}
+    (the Courier/Dovecot size field, so readers need not stat it; see L{deliveredStat}),
+    unlink the tmp name, fsync C{new/}.
 
-    @return: the unique file name (bytes) now in C{new/}.
+    @return: the file name (bytes) now in C{new/}.
     @raise TempFailure: with qmail-local's texts; every maildir failure is temporary.
     """
     names = names or _defaultNames()
@@ -125,6 +150,7 @@ def deliver(maildirPath, prefix, message, names=None, syncDirectory=True):
                 raise TempFailure(TEMP_ERROR)
             try:
                 _copy(fd, prefix, message)
+                final = _stamp(fd, unique)
                 os.fsync(fd)
             except BaseException:
                 os.close(fd)
@@ -132,17 +158,33 @@ def deliver(maildirPath, prefix, message, names=None, syncDirectory=True):
                 raise
             try:
                 os.close(fd)
-                os.link(tmpName, b"new/" + unique, src_dir_fd=dirFd, dst_dir_fd=dirFd)
+                os.link(tmpName, b"new/" + final, src_dir_fd=dirFd, dst_dir_fd=dirFd)
             except OSError:
                 _unlinkQuietly(tmpName, dirFd)
                 raise TempFailure(TEMP_ERROR)
             _unlinkQuietly(tmpName, dirFd)
             if syncDirectory:
                 _syncDirectory(b"new", dirFd)
-            return unique
+            return final
         raise TempFailure(TEMP_ERROR)
     finally:
         os.close(dirFd)
+
+
+def _stamp(fd, unique):
+    """
+    Name the written file C{<unique>,S=<size>} and give it the unique name's time as atime
+    and mtime, so that L{deliveredStat} of the name is the file's stat; a unique name
+    L{deliveredStat} cannot read (a clock before 2001) keeps its own times.
+    """
+    try:
+        final = unique + b",S=%d" % os.fstat(fd).st_size
+        known = deliveredStat(final)
+        if known is not None:
+            os.utime(fd, ns=(known[0], known[0]))
+    except OSError:
+        raise TempFailure(TEMP_ERROR)
+    return final
 
 
 def _copy(fd, prefix, message):
@@ -230,6 +272,9 @@ class Listing(list):
         self.replies = {}
 
 
+_nameAndSize = operator.itemgetter(1, 2)
+
+
 class ScanCache:
     """
     Listings of maildir subdirectories kept between logins, keyed by path.  Maildir files
@@ -280,21 +325,53 @@ def _scanDirectory(path, cache, nowNs):
     old = cached.entries if cached is not None else {}
     entries = {}
     unknown = []
-    with os.scandir(path) as it:
-        for d in it:
-            name = d.name
-            if name.startswith(b"."):
-                continue
-            known = old.get(name)
-            if known is not None:
-                entries[name] = known
-            else:
-                unknown.append(name)
+    for name in os.listdir(path):
+        if name.startswith(b"."):
+            continue
+        known = old.get(name)
+        if known is not None:
+            entries[name] = known
+        else:
+            unknown.append(name)
     if unknown:
-        entries.update(_statNames(path, unknown))
+        entries.update(_readNames(path, unknown))
     if cache is not None:
         cache.put(path, _DirCache(st.st_mtime_ns, nowNs, entries))
     return entries
+
+
+def _readNames(path, names):
+    """
+    {name: (mtime_ns, size)} for the files of C{names} that still exist: from the name for
+    files L{deliver} wrote, else from a stat.  One of the named files is stat'ed to check
+    that the names still tell the truth here; if not (a filesystem with coarse timestamps,
+    a restore that did not keep mtimes), every file is stat'ed.
+    """
+    entries = {}
+    others = []
+    match = _DELIVERED.match
+    for name in names:
+        m = match(name)
+        if m is None:
+            others.append(name)
+        else:
+            sec, usec, size = m.groups()
+            entries[name] = (int(sec + usec) * 1000, int(size))
+    if entries and not _namesTellTruth(path, entries):
+        others.extend(entries)
+        entries = {}
+    if others:
+        entries.update(_statNames(path, others))
+    return entries
+
+
+def _namesTellTruth(path, entries):
+    name, known = next(iter(entries.items()))
+    try:
+        st = os.stat(os.path.join(path, name))
+    except OSError:
+        return False
+    return (st.st_mtime_ns, st.st_size) == known
 
 
 STAT_THREADS = 4
@@ -396,15 +473,12 @@ class Maildir:
                 and not previous[2]):
             return previous[3]
         found = []
-        excluded = False
         for sub, entries in zip((b"new/", b"cur/"), scanned):
-            for name, (mtime, size) in entries.items():
-                if mtime < secondStartNs:
-                    found.append((mtime, sub + name, size))
-                else:
-                    excluded = True
+            found += [(mtime, sub + name, size) for name, (mtime, size) in entries.items()
+                      if mtime < secondStartNs]
+        excluded = len(found) < len(scanned[0]) + len(scanned[1])
         found.sort()
-        result = Listing((name, size) for _mtime, name, size in found)
+        result = Listing(map(_nameAndSize, found))
         if self.cache is not None:
             self.cache.putListing(self.path, (scanned[0], scanned[1], excluded, result))
         return result

@@ -159,3 +159,103 @@ def test_openRefusesOtherNames(md):
     for bad in (b"tmp/x", b"new/../../etc/passwd", b"x"):
         with pytest.raises(OSError):
             maildir.Maildir(str(md)).open(bad)
+
+
+def clockOf(times):
+    """A clock returning C{times} one after the other."""
+    times = iter(times)
+    return lambda: next(times)
+
+
+def reference(md):
+    """qmail-pop3d's order computed the slow way: every visible file stat'ed, by (mtime, name)."""
+    found = []
+    for sub in (b"new", b"cur"):
+        for name in os.listdir(os.path.join(bytes(md), sub)):
+            st = os.stat(os.path.join(bytes(md), sub, name))
+            found.append((st.st_mtime_ns, sub + b"/" + name, st.st_size))
+    return [(name, size) for _, name, size in sorted(found)]
+
+
+def test_deliverStampsNameSizeAndTime(md):
+    """deliver() names the file <unique>,S=<size> with six-digit microseconds, and its mtime is the name's time."""
+    names = maildir.UniqueNames(hostname=b"h", clock=lambda: 1700000000.0000421, pid=7)
+    name = maildir.deliver(str(md), b"X: y\n", io.BytesIO(b"body\n"), names=names)
+    assert name == b"1700000000.M000042P7Q1.h,S=10"
+    st = os.stat(md / "new" / name.decode())
+    assert (st.st_mtime_ns, st.st_size) == (1700000000000042000, 10)
+    assert maildir.deliveredStat(name) == (1700000000000042000, 10)
+    assert maildir.deliveredStat(name + b":2,S") == (1700000000000042000, 10)
+
+
+def test_deliveredStatOnlyForDeliverNames():
+    """Names deliver() does not write (other forms, Dovecot's extra fields, short fields) give None."""
+    for other in (b"1700000000.M42P7Q1.h,S=10", b"170000000.M000042P7Q1.h,S=10",
+                  b"1700000000.M000042P7Q1.h", b"1700000000.M000042P7Q1.h,S=10,W=11",
+                  b"1700000000.M000042P7.h,S=10", b"1700000000.12345.h", b"1700000000.M000042P7Q1.h,S=:2,"):
+        assert maildir.deliveredStat(other) is None, other
+
+
+def test_scanOfDeliveredNamesNeedsOneStat(md, monkeypatch):
+    """Scanning messages deliver() wrote stats one of them (the check), not one per message."""
+    times = [1700000000 + i / 7 for i in range(200)]
+    names = maildir.UniqueNames(hostname=b"h", clock=clockOf(times), pid=1)
+    for i in range(200):
+        maildir.deliver(str(md), b"", io.BytesIO(b"x" * i), names=names)
+    statted = []
+    realStat = os.stat
+
+    def countingStat(path, *a, **kw):
+        if b",S=" in os.fsencode(path):
+            statted.append(path)
+        return realStat(path, *a, **kw)
+    monkeypatch.setattr(os, "stat", countingStat)
+    listing = maildir.Maildir(str(md), cache=maildir.ScanCache()).scan()
+    monkeypatch.undo()
+    assert len(statted) == 1
+    assert listing == reference(md)
+
+
+def test_nameOrderIsMtimeOrder(md):
+    """
+    For deliver()'s names, the listing read from names equals the stat'ed (mtime, name) order,
+    with ties in one microsecond, microseconds of different digit counts, both new/ and cur/,
+    and foreign names (stat'ed) mixed in.
+    """
+    base = 1700000000
+    times = [base + 0.000005, base + 0.000012, base + 0.5, base + 0.5, base + 0.000099,
+             base + 1.000001, base + 1.0, base + 2.25, base + 2.25, base + 0.9999]
+    names = maildir.UniqueNames(hostname=b"h\xff", clock=clockOf(times), pid=3)
+    delivered = [maildir.deliver(str(md), b"", io.BytesIO(b"y" * i), names=names)
+                 for i in range(len(times))]
+    for name in delivered[::3]:
+        os.rename(os.path.join(bytes(md), b"new", name), os.path.join(bytes(md), b"cur", name + b":2,S"))
+    for i, when in enumerate((base + 0.5, base + 0.0000051, base + 3, base)):
+        p = md / "cur" / f"{base}.M{i}P9.other"
+        p.write_bytes(b"z" * i)
+        os.utime(p, ns=(int(when * 10**9), int(when * 10**9)))
+    listing = maildir.Maildir(str(md), cache=maildir.ScanCache()).scan()
+    assert listing == reference(md)
+    assert len(listing) == len(times) + 4
+
+
+def test_scanNoticesNamesThatLie(md):
+    """If the checked file's mtime is not its name's (a restore that reset mtimes), every file is stat'ed."""
+    names = maildir.UniqueNames(hostname=b"h", clock=clockOf([1700000000 + i for i in range(20)]),
+                                pid=1)
+    delivered = [maildir.deliver(str(md), b"", io.BytesIO(b"m"), names=names) for _ in range(20)]
+    for i, name in enumerate(delivered):
+        when = (1700001000 - i) * 10**9
+        os.utime(md / "new" / name.decode(), ns=(when, when))
+    listing = maildir.Maildir(str(md), cache=maildir.ScanCache()).scan()
+    assert [n for n, _ in listing] == [b"new/" + n for n in reversed(delivered)]
+    assert listing == reference(md)
+
+
+def test_deliveredNamesFromTheCurrentSecondWait(md):
+    """A delivered message whose name's second is the current one is left out, as its mtime says."""
+    names = maildir.UniqueNames(hostname=b"h", clock=clockOf([1700000000.2, 1700000001.5]), pid=1)
+    first = maildir.deliver(str(md), b"", io.BytesIO(b"a"), names=names)
+    maildir.deliver(str(md), b"", io.BytesIO(b"b"), names=names)
+    m = maildir.Maildir(str(md), cache=maildir.ScanCache(), clock=lambda: 1700000001.9)
+    assert m.scan() == [(b"new/" + first, 1)]
