@@ -8,7 +8,9 @@ owner).  Writes nothing itself; must not import control files, the queue or uid 
 """
 
 import itertools
+import operator
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -68,6 +70,15 @@ class POP3Config:
     checkTimeout: float = checkpassword.CHECK_TIMEOUT
     timeout: float = IDLE_TIMEOUT
     checker: object = checkpassword.checkPassword
+
+
+_name = operator.itemgetter(0)
+_size = operator.itemgetter(1)
+_inNew = re.compile(b"new/").match
+
+
+def _uid(message):
+    return uidOf(message[0])
 
 
 def parseNumber(arg):
@@ -257,32 +268,37 @@ class POP3Server(Popup, protocol.Protocol, TimeoutMixin):
             return n - 1
         return None
 
+    def _present(self, values):
+        """C{values} (one per message) of the messages not marked deleted."""
+        if not any(self.deleted):
+            return values
+        return itertools.compress(values, map(operator.not_, self.deleted))
+
     def t_STAT(self, arg):
-        total = sum(size for (name, size), gone in zip(self.messages, self.deleted) if not gone)
+        total = sum(self._present(map(_size, self.messages)))
         self.reply(b"+OK %d %d" % (len(self.messages), total))
 
-    def _listing(self, arg, kind, value):
+    def _listing(self, arg, kind, value, line):
         if arg:
             i = self.msgno(arg)
             if i is not None:
-                self.reply(b"+OK %d %s" % (i + 1, value(self.messages[i])))
+                self.transport.write(b"+OK " + line % (i + 1, value(self.messages[i])))
             return
         replies = getattr(self.messages, "replies", None)
         untouched = replies is not None and not any(self.deleted)
         if untouched and kind in replies:
             return self.transport.write(replies[kind])
-        text = b"\r\n".join([OK] + [b"%d %s" % (i + 1, value(m))
-                                     for i, m in enumerate(self.messages)
-                                     if not self.deleted[i]] + [b".", b""])
+        rows = self._present(zip(range(1, len(self.messages) + 1), map(value, self.messages)))
+        text = OK + b"\r\n" + b"".join(map(line.__mod__, rows)) + b".\r\n"
         if untouched:
             replies[kind] = text
         self.transport.write(text)
 
     def t_LIST(self, arg):
-        self._listing(arg, b"LIST", lambda m: b"%d" % m[1])
+        self._listing(arg, b"LIST", _size, b"%d %d\r\n")
 
     def t_UIDL(self, arg):
-        self._listing(arg, b"UIDL", lambda m: uidOf(m[0]))
+        self._listing(arg, b"UIDL", _uid, b"%d %s\r\n")
 
     def t_DELE(self, arg):
         i = self.msgno(arg)
@@ -325,9 +341,9 @@ class POP3Server(Popup, protocol.Protocol, TimeoutMixin):
             self._release()
 
     def t_QUIT(self, arg):
-        deleted = [m[0] for m, gone in zip(self.messages, self.deleted) if gone]
-        kept = [m[0] for m, gone in zip(self.messages, self.deleted)
-                if not gone and m[0].startswith(b"new/")]
+        names = list(map(_name, self.messages))
+        deleted = list(itertools.compress(names, self.deleted))
+        kept = list(filter(_inNew, self._present(names)))
         self._hold()
         self.state = "update"
         d = self.mailbox.update(deleted, kept)
