@@ -49,6 +49,11 @@ class QmailtxDelivery(QmailtxPeer):
 
     def prepare(self, port):
         QmailtxPeer.prepare(self, port)
+        control = self.directory / "root" / "control"
+        # The queue-only peer holds both channels at concurrency 0; this row delivers, with
+        # qmail's defaults.
+        (control / "concurrencylocal").write_text("10\n")
+        (control / "concurrencyremote").write_text("20\n")
         alias = self.directory / "root" / "alias"
         (alias / ".qmail-default").write_bytes(b"./Maildir/\n")
         chownTree(alias, *owner())
