@@ -346,6 +346,8 @@ class POP3Server(Popup, protocol.Protocol, TimeoutMixin):
         kept = list(filter(_inNew, self._present(names)))
         self._hold()
         self.state = "update"
+        if not (deleted or kept):
+            return self._cbUpdated(0)
         d = self.mailbox.update(deleted, kept)
         d.addErrback(lambda f: len(deleted))
         d.addCallback(self._cbUpdated)

@@ -88,3 +88,55 @@ def test_pendingInputLimit():
     proto.dataReceived(b"USER a\r\nPASS b\r\n")
     proto.dataReceived(b"NOOP\r\n" * (pop3.PENDING_LIMIT // 6 + 10))
     assert transport.producerState == "paused"
+
+
+class RecordingBox:
+    """A mailbox double: fixed messages, and a record of update() calls."""
+
+    def __init__(self, messages):
+        self.messages = messages
+        self.updates = []
+        self.released = False
+
+    def update(self, deleted, kept):
+        self.updates.append((deleted, kept))
+        return defer.succeed(0)
+
+    def release(self):
+        self.released = True
+
+
+def transaction(messages):
+    box = RecordingBox(messages)
+
+    class Boxes:
+        def open(self, who, name):
+            return defer.succeed(box)
+
+    def checker(*args):
+        return defer.succeed(checkpassword.Authenticated(b"u", b"/home/u", 1000, 1000))
+
+    proto, transport, _, _ = make(checker=checker)
+    proto.config.mailboxes = Boxes()
+    proto.dataReceived(b"USER u\r\nPASS p\r\n")
+    transport.clear()
+    return proto, transport, box
+
+
+def test_quitWithNothingToChangeSkipsTheUpdate():
+    """QUIT with nothing deleted and nothing in new/ answers +OK without asking the mailbox to update."""
+    proto, transport, box = transaction([(b"cur/a:2,", 3), (b"cur/b:2,S", 4)])
+    proto.dataReceived(b"QUIT\r\n")
+    assert transport.value() == b"+OK \r\n"
+    assert box.updates == []
+    assert transport.disconnecting
+
+
+def test_quitUpdatesDeletedAndNew():
+    """QUIT passes the deleted names and the kept new/ names to update(), in listing order."""
+    proto, transport, box = transaction([(b"new/a", 1), (b"cur/b:2,", 2), (b"new/c", 3),
+                                         (b"cur/d:2,", 4)])
+    proto.dataReceived(b"DELE 2\r\nDELE 3\r\nLIST\r\nSTAT\r\nQUIT\r\n")
+    assert transport.value() == (b"+OK \r\n+OK \r\n+OK \r\n1 1\r\n4 4\r\n.\r\n+OK 4 5\r\n"
+                                 b"+OK \r\n")
+    assert box.updates == [([b"cur/b:2,", b"new/c"], [b"new/a"])]
