@@ -4,13 +4,23 @@ same maildirs in one run, both authenticating through the same external checkpas
 shell script.  Run as root (Dovecot needs it; qmailtx then serves through owner workers).
 
 Rows: sessions/s (USER, PASS, STAT, RETR of 1 KB, QUIT; 10 client threads), login+LIST+QUIT
-on a 50,000-message maildir (first login after a restart, then repeated logins), and memory
-(PSS) per idle authenticated session.  Writes only in a temporary work directory (removed
-unless C{--keep}) and prints the table; the issue's targets are checked here, never in tests.
+on a 50,000-message maildir, first login after a restart (Dovecot unindexed: its index files
+are removed before every restart) and repeated logins, and memory (PSS) per idle
+authenticated session.  The 50,000-message row runs on two maildirs: one whose names are
+those qmailtx's own delivery writes (C{<sec>.M<usec>P<pid>Q<n>.<host>,S=<size>}, mtime the
+name's time), and one whose names carry nothing (another MDA's), which costs qmailtx a stat
+per message.  Like C{python -m bench}: rounds with the peer order rotated, medians and
+paired ratios, the table of L{bench.report}.  Writes only in a temporary work directory
+(removed unless C{--keep}) and the JSON record in bench/results/; the issue's targets are
+checked here, never in tests.
 """
 
 import argparse
+import datetime
+import functools
+import glob
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -21,6 +31,7 @@ import tempfile
 import threading
 import time
 
+from bench import report
 from bench.memory import memoryOf, processTree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +44,7 @@ $(head -c 512 <&3 | tr '\0' '\n')
 END
 exec 3<&-
 [ "$pass" = secret ] || exit 1
-case "$login" in small|big) ;; *) exit 1 ;; esac
+case "$login" in small|big|plain) ;; *) exit 1 ;; esac
 USER=$login HOME=@HOMES@/$login SHELL=/bin/sh; export USER HOME SHELL
 cd "$HOME" || exit 111
 if [ "$(id -u)" = 0 ]; then
@@ -122,17 +133,17 @@ def sessionsPerSecond(port, seconds, clients=10):
     return sum(done) / (time.monotonic() - t0), errors[0]
 
 
-def bigList(port):
+def bigList(port, user=b"big"):
     t0 = time.monotonic()
     c = Client(port)
-    c.login(b"big")
+    c.login(user)
     c.cmd(b"LIST")
     n = c.multi()
     c.cmd(b"QUIT")
     c.close()
     if n != BIG:
         raise RuntimeError(f"LIST gave {n} lines")
-    return time.monotonic() - t0
+    return (time.monotonic() - t0) * 1000
 
 
 def idleMemory(port, pid, count):
@@ -149,30 +160,54 @@ def idleMemory(port, pid, count):
     return (after - before) / count
 
 
+def messageName(i, size, style, base):
+    """
+    The i-th file name of a bench maildir in cur/, with its mtime in ns, 20 messages a
+    second.  C{qmailtx}: as qmailtx's maildir delivery names and stamps it; C{plain}: a name
+    in qmail-local's modern form that says nothing about the file's time or size.
+    """
+    sec, usec = base + i // 20, (i % 20) * 50000 + i % 7
+    mtime = (sec * 10**6 + usec) * 1000
+    if style == "plain":
+        return "%d.M%dP1Q%d.bench:2,S" % (sec, usec, i), mtime
+    return "%d.M%06dP1Q%d.bench,S=%d:2,S" % (sec, usec, i, size), mtime
+
+
 def makeMaildirs(work, uid, gid):
     homes = os.path.join(work, "homes")
-    for user, count in (("small", 1), ("big", BIG)):
+    body = b"Subject: bench\n\n" + b"x" * 70 + b"\n"
+    body = body * (1024 // len(body))
+    base = int(time.time()) - 4 * 3600
+    for user, count, style in (("small", 1, "qmailtx"), ("big", BIG, "qmailtx"),
+                               ("plain", BIG, "plain")):
         md = os.path.join(homes, user, "Maildir")
         for sub in ("tmp", "new", "cur"):
             os.makedirs(os.path.join(md, sub))
-        body = b"Subject: bench\n\n" + b"x" * 70 + b"\n"
-        body = body * (1024 // len(body))
-        past = time.time() - 3600
         for i in range(count):
-            p = os.path.join(md, "cur", "%d.M%dP1Q%d.bench:2,S" % (1700000000 + i, i, i))
+            name, mtime = messageName(i, len(body), style, base)
+            p = os.path.join(md, "cur", name)
             with open(p, "wb") as f:
                 f.write(body)
-            os.utime(p, (past, past))
+            os.utime(p, ns=(mtime, mtime))
         for root, dirs, files in os.walk(os.path.join(homes, user)):
             for n in [root] + [os.path.join(root, f) for f in files]:
                 os.chown(n, uid, gid)
     return homes
 
 
-def startQmailtx(work, checker, port):
-    root = os.path.join(work, "qmailtx-root")
-    env = dict(os.environ, PYTHONPATH=REPO)
-    log = open(os.path.join(work, "qmailtx.log"), "ab")
+def forgetDovecotIndexes(homes):
+    """Remove what Dovecot learned about the maildirs, so its next login is unindexed."""
+    for path in glob.glob(os.path.join(homes, "*", "Maildir", "dovecot*")):
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+
+
+def startQmailtx(work, checker, port, repo=REPO, name="qmailtx"):
+    root = os.path.join(work, name + "-root")
+    env = dict(os.environ, PYTHONPATH=repo)
+    log = open(os.path.join(work, name + ".log"), "ab")
     p = subprocess.Popen([TWISTD, "-n", "--pidfile=", "qmail", "--root", root, "--smtp",
                           f"tcp:{freePort()}:interface=127.0.0.1", "--pop3",
                           f"tcp:{port}:interface=127.0.0.1", "--maxconn", "pop3=1000",
@@ -238,69 +273,165 @@ def stop(p):
         p.wait()
 
 
-def measure(name, start, work, checker, args):
+class Sample:
+    """One measurement, shaped as L{bench.report} expects."""
+
+    def __init__(self, value, errors=0, detail=None):
+        self.value = value
+        self.errors = errors
+        self.detail = detail or {}
+
+
+class Row:
+    """One row of the table (the fields of L{bench.scenarios.Scenario} that report reads)."""
+
+    def __init__(self, key, label, unit, target):
+        self.key = key
+        self.label = label
+        self.unit = unit
+        self.target = target
+        self.higherIsBetter = unit.endswith("/s")
+
+
+def judge(text, test):
+    def target(medians, errors):
+        mine = medians.get("qmailtx")
+        theirs = medians.get("dovecot")
+        if mine is None or (theirs is None and "Dovecot" in text):
+            return None, text + ": not measured"
+        return bool(test(mine, theirs)) and not errors.get("qmailtx"), text
+    return target
+
+
+ROWS = [
+    Row("pop3-sessions-10c", "POP3 sessions, 10 clients (USER PASS STAT RETR QUIT)",
+        "sess/s", judge(">= 2x Dovecot", lambda q, d: q >= 2 * d)),
+    Row("pop3-first-list-50k", "POP3 first login+LIST+QUIT, 50k msgs, qmailtx names", "ms",
+        judge("<= Dovecot / 3", lambda q, d: 3 * q <= d)),
+    Row("pop3-first-list-50k-plain", "POP3 first login+LIST+QUIT, 50k msgs, plain names",
+        "ms", judge("<= Dovecot / 3", lambda q, d: 3 * q <= d)),
+    Row("pop3-repeated-list-50k", "POP3 repeated login+LIST+QUIT, 50k msgs", "ms",
+        judge("<= Dovecot", lambda q, d: q <= d)),
+    Row("pop3-idle-memory", "POP3 idle authenticated sessions, memory", "KiB/sess",
+        judge("< 20 KiB", lambda q, d: q < 20)),
+]
+
+
+def attempt(samples, key, name, function, *args):
+    try:
+        value, errors = function(*args)
+        sample = Sample(value, errors)
+    except Exception as e:
+        sample = Sample(None, 1, {"exception": f"{type(e).__name__}: {e}"})
+    samples[key].setdefault(name, []).append(sample)
+    sys.stderr.write(f"  {key:28} {name:8} {sample.value!s:.8} errors={sample.errors}\n")
+
+
+def one(function):
+    """A measure returning a value only, as C{(value, 0)}."""
+    return lambda *args: (function(*args), 0)
+
+
+def measureRound(name, start, work, homes, checker, args, samples):
+    if name == "dovecot":
+        forgetDovecotIndexes(homes)
     port = freePort()
     p = start(work, checker, port)
     try:
         session(port)
-        first = bigList(port)
-        repeated = sorted(bigList(port) for _ in range(5))[2]
-        rate, errors = sessionsPerSecond(port, args.seconds)
+        attempt(samples, "pop3-first-list-50k", name, one(bigList), port, b"big")
+        attempt(samples, "pop3-first-list-50k-plain", name, one(bigList), port, b"plain")
+        attempt(samples, "pop3-repeated-list-50k", name,
+                one(lambda: sorted(bigList(port) for _ in range(3))[1]))
+        attempt(samples, "pop3-sessions-10c", name, sessionsPerSecond, port, args.seconds)
     finally:
         stop(p)
+
+
+def measureMemory(name, start, work, checker, args, samples):
     port = freePort()
     p = start(work, checker, port)
     try:
         session(port)
-        memory = idleMemory(port, p.pid, args.idle)
+        attempt(samples, "pop3-idle-memory", name, one(idleMemory), port, p.pid, args.idle)
     finally:
         stop(p)
-    return {"sessions/s": rate, "errors": errors, "first LIST 50k (s)": first,
-            "repeated LIST 50k (s)": repeated, "KiB per idle session": memory}
+
+
+STARTERS = {"qmailtx": startQmailtx, "dovecot": startDovecot}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.pop3")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one round, shorter rates")
+    parser.add_argument("--seconds", type=float, default=8.0,
+                        help="length of one sessions/s measurement")
     parser.add_argument("--idle", type=int, default=200)
     parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--peers", default="qmailtx,dovecot")
+    parser.add_argument("--peers", default="qmailtx,dovecot",
+                        help="comma-separated; NAME=CHECKOUT adds qmailtx from another "
+                        "checkout (e.g. before=/tmp/old) as one more column")
+    parser.add_argument("--json", help="where to save the record (default: bench/results/)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds = 1, 4.0
     if os.getuid() != 0:
         sys.exit("bench.pop3: run as root")
+    starters = dict(STARTERS)
+    names = []
+    for entry in filter(None, args.peers.split(",")):
+        name, _, checkout = entry.partition("=")
+        if checkout:
+            starters[name] = functools.partial(startQmailtx, repo=os.path.abspath(checkout),
+                                               name=name)
+        names.append(name)
     work = tempfile.mkdtemp(prefix="qmailtx-bench-pop3-")
     os.chmod(work, 0o755)
-    uid, gid = pwd.getpwnam("dovecot").pw_uid, grp.getgrnam("dovecot").gr_gid
-    homes = makeMaildirs(work, uid, gid)
-    checker = os.path.join(work, "checkpassword")
-    with open(checker, "w") as f:
-        f.write(CHECKER.replace("@HOMES@", homes).replace("@UID@", str(uid))
-                .replace("@GID@", str(gid)))
-    os.chmod(checker, 0o755)
-    starters = {"qmailtx": startQmailtx, "dovecot": startDovecot}
-    results = {}
+    samples = {row.key: {} for row in ROWS}
+    began = time.monotonic()
     try:
-        for name in args.peers.split(","):
-            results[name] = measure(name, starters[name], work, checker, args)
-            sys.stderr.write(f"{name}: {results[name]}\n")
+        uid, gid = pwd.getpwnam("dovecot").pw_uid, grp.getgrnam("dovecot").gr_gid
+        homes = makeMaildirs(work, uid, gid)
+        checker = os.path.join(work, "checkpassword")
+        with open(checker, "w") as f:
+            f.write(CHECKER.replace("@HOMES@", homes).replace("@UID@", str(uid))
+                    .replace("@GID@", str(gid)))
+        os.chmod(checker, 0o755)
+        for n in range(args.rounds):
+            order = names[n % len(names):] + names[:n % len(names)]
+            sys.stderr.write(f"round {n + 1}/{args.rounds}: {', '.join(order)}\n")
+            for name in order:
+                measureRound(name, starters[name], work, homes, checker, args, samples)
+        for name in names:
+            measureMemory(name, starters[name], work, checker, args, samples)
     finally:
-        if not args.keep:
+        if args.keep:
+            sys.stderr.write(f"kept {work}\n")
+        else:
             shutil.rmtree(work, ignore_errors=True)
-    rows = list(next(iter(results.values())).keys())
-    print("%-26s" % "row" + "".join("%14s" % n for n in results))
-    for row in rows:
-        print("%-26s" % row + "".join("%14.2f" % results[n][row] for n in results))
-    if "qmailtx" in results and "dovecot" in results:
-        q, d = results["qmailtx"], results["dovecot"]
-        targets = [
-            ("sessions/s >= 2x Dovecot", q["sessions/s"] >= 2 * d["sessions/s"]),
-            ("first LIST >= 3x faster", q["first LIST 50k (s)"] * 3 <= d["first LIST 50k (s)"]),
-            ("repeated LIST <= Dovecot", q["repeated LIST 50k (s)"] <= d["repeated LIST 50k (s)"]),
-            ("< 20 KiB per idle session", q["KiB per idle session"] < 20),
-        ]
-        for label, ok in targets:
-            print(f"{label:30s} {'PASS' if ok else 'FAIL'}")
-    return results
+    seconds = round(time.monotonic() - began, 1)
+    results, rows = [], []
+    for row in ROWS:
+        summary = report.summarize(row, samples[row.key])
+        results.append((row, samples[row.key], summary))
+        rows.append((row.label, row.unit, summary))
+    print(report.table(rows, names))
+    print(f"\nmedians of {args.rounds} round(s); ratios are qmailtx/peer (for ms, "
+          f"below 1 is faster); paired ratios: "
+          + ", ".join(f"{row.key} {report.pairedRatios(samples[row.key]).get('dovecot', 0):.3g}"
+                      for row in ROWS) + f"; {seconds} s")
+    env = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+           "loadavg": os.getloadavg(), "cpus": os.cpu_count(), "rounds": args.rounds,
+           "seconds": seconds}
+    record = report.record(env, vars(args), names, results)
+    path = args.json or os.path.join(REPO, "bench", "results", "pop3-" + datetime.datetime
+                                     .now().strftime("%Y%m%d-%H%M%S") + ".json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"saved {path}")
+    return samples
 
 
 if __name__ == "__main__":
