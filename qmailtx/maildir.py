@@ -374,9 +374,10 @@ def _namesTellTruth(path, entries):
     return (st.st_mtime_ns, st.st_size) == known
 
 
-STAT_THREADS = 4
+STAT_THREADS = 2
 """Threads that stat a large listing's new names: stat releases the GIL, so a 50,000-file
-first scan finishes sooner."""
+first scan can finish sooner.  On the 2-CPU test machine two threads were as fast as one and
+four were 25% slower (each stat's GIL hand-off costs about what the stat does)."""
 
 STAT_PARALLEL_MIN = 2000
 """Fewer new names than this are stat'ed in the calling thread."""
