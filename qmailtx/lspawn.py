@@ -2,8 +2,8 @@
 qmail-lspawn inside the daemon (spec/local.md §1, §9): the L{LocalSpawner} service.
 
 For each local recipient it decides who delivers (L{qmailtx.users}), then hands the delivery
-to a long-lived C{qmailtx deliverworker} running as that user, spoken to over pipes through
-a C{ProcessProtocol}.  Started as root, workers are spawned as root and drop to the mailbox
+to a long-lived C{qmailtx deliverworker} running as that user, spoken to through a
+C{ProcessProtocol} (requests on a Unix socket, answers on its stdout).  Started as root, workers are spawned as root and drop to the mailbox
 owner's uid/gid themselves (never uid 0); run as an ordinary user, every worker runs as that
 user and an assignment to another uid is deferred.  Workers are reused across messages, at
 most L{SPAWN} live at once, and reaped when idle.
@@ -42,6 +42,12 @@ WORKER_SOCKET_FD = 3
 """The worker's descriptor for the Unix socket that carries each message's open file."""
 PROGRAM_TIMEOUT = 86400
 """Seconds a C{|program} line may run (qmail-local has no limit; ours kills after a day)."""
+PASSWD_TTL = 2
+"""Seconds a passwd answer (found or not) is reused.  qmail-getpw asks for every delivery;
+asking once per burst instead keeps the reactor out of NSS (a scan of C{/etc/passwd} per
+candidate name) while a new or changed account is still seen within this time."""
+PASSWD_CACHE_LIMIT = 1024
+"""Names remembered at once (they come from recipient addresses, so the cache is bounded)."""
 
 CRASHED = TempFailure(b"qmail-local crashed.\n")
 UNABLE_TO_RUN = TempFailure(b"Unable to run qmail-local.\n")
@@ -93,6 +99,7 @@ class LocalSpawner(service.Service):
         self.defaultDelivery = readDefaultDelivery(self.root)
         self._cdbPath = os.path.join(self.root, "users", "cdb")
         self._cdb = (None, None)
+        self._passwd = {}
         self._idle = {}
         self._workers = set()
         self._waiting = deque()
@@ -121,6 +128,21 @@ class LocalSpawner(service.Service):
     # -- assignment -----------------------------------------------------------------------
 
     def getpwnam(self, name):
+        """
+        L{_lookupPasswd}, remembered for L{PASSWD_TTL} seconds; trouble (C{OSError}) is
+        not remembered.
+        """
+        now = self.reactor.seconds()
+        cached = self._passwd.get(name)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        entry = self._lookupPasswd(name)
+        if len(self._passwd) >= PASSWD_CACHE_LIMIT:
+            self._passwd.clear()
+        self._passwd[name] = (now + PASSWD_TTL, entry)
+        return entry
+
+    def _lookupPasswd(self, name):
         """The system's passwd, plus the root's C{alias/} directory as user C{alias}."""
         entry = self._getpwnam(name)
         if entry is None and name == ALIAS_USER:
@@ -271,7 +293,10 @@ class _Failed:
 
 
 class _Worker(ProcessProtocol):
-    """One C{deliverworker} process: one request at a time, answers as netstrings."""
+    """
+    One C{deliverworker --fdsock} process: one request at a time on its socket, answers as
+    netstrings on its stdout.
+    """
 
     def __init__(self, spawner, key, sock):
         self.spawner = spawner
@@ -288,8 +313,10 @@ class _Worker(ProcessProtocol):
 
     def send(self, request, messPath):
         """
-        One delivery: the request on stdin, and the message opened here (we may read the
-        queue; the worker, running as the user, may not) passed over the socket.
+        One delivery: the request and the message opened here (we may read the queue; the
+        worker, running as the user, may not) in one C{sendmsg} on the socket, so a
+        delivery costs the reactor one system call and no write-readiness round.  The
+        worker is idle, so the small request fits the empty socket buffer at once.
         """
         if self.ended or self.closing:
             return defer.succeed(CRASHED)
@@ -299,14 +326,15 @@ class _Worker(ProcessProtocol):
             self.spawner.release(self)
             return defer.succeed(NO_MESSAGE)
         try:
-            socket.send_fds(self.sock, [b"m"], [fd])
+            sent = socket.send_fds(self.sock, [request], [fd])
+            if sent < len(request):
+                self.sock.sendall(request[sent:])
         except OSError:
             self._kill()
             return defer.succeed(CRASHED)
         finally:
             os.close(fd)
         self.pending = defer.Deferred()
-        self.transport.write(request)
         return self.pending
 
     def outReceived(self, data):
@@ -337,13 +365,17 @@ class _Worker(ProcessProtocol):
             log.warning(f"deliverworker {self.transport.pid}: {log.logsafe(line)}")
 
     def close(self):
-        """Ask the worker to exit (EOF on its stdin); kill it if it lingers."""
+        """Ask the worker to exit (EOF on its socket and stdin); kill it if it lingers."""
         if self.closing or self.ended:
             return
         self.closing = True
         idle = self.spawner._idle.get(self.key)
         if idle and self in idle:
             idle.remove(self)
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
         self.transport.closeStdin()
         self._killer = self.spawner.reactor.callLater(KILL_GRACE, self._kill)
 

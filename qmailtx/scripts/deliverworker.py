@@ -1,6 +1,6 @@
 """
 C{qmailtx deliverworker [--uid N --gid N] [--root DIR] [--timeout SECS] [--fdsock N]}: a long-lived
-qmail-local for one (uid, gid), spoken to by the local spawner over its stdin and stdout.
+qmail-local for one (uid, gid), spoken to by the local spawner over a socket (or stdin) and stdout.
 
 Started as root it drops to C{uid}/C{gid} with no supplementary groups before reading
 anything; a process that would still be root answers every request with qmail-lspawn's
@@ -9,11 +9,13 @@ C{Not allowed to perform deliveries as root.}  Umask 077, like qmail-local.
 Protocol (one request at a time, in order): a request is one netstring holding the
 netstrings C{deliver}, message path, user, homedir, local, dash, ext, domain, sender,
 defaultdelivery; the answer is one netstring holding the report as qmail-send reads it
-(C{K}/C{Z}/C{D} + text, spec/local.md §9).  With C{--fdsock N}, the message arrives as an
-open descriptor over the Unix socket N with each request (the spawner opens the queue file,
-as qmail-lspawn does, so a worker running as the user never needs to read C{queue/}); the
-path is then only a name.  EOF on stdin ends the worker.  The
-environment is the one qmail-send was started with; programs inherit it.
+(C{K}/C{Z}/C{D} + text, spec/local.md §9) on stdout.  Without C{--fdsock} requests come
+on stdin and the worker opens the message path itself; EOF on stdin ends it.  With
+C{--fdsock N} (the spawner's way) each request comes on the Unix socket N in one message
+together with the message's open descriptor (the spawner opens the queue file, as
+qmail-lspawn does, so a worker running as the user never needs to read C{queue/}); the path
+is then only a name, and EOF on the socket ends the worker.  The environment is the one
+qmail-send was started with; programs inherit it.
 """
 
 import os
@@ -29,6 +31,11 @@ REQUEST_LIMIT = 1 << 20
 """Largest request accepted (paths and addresses; qmail's envelope limit is far smaller)."""
 
 FIELDS = 10
+SOCKET_READ = 65536
+"""Bytes asked of the socket per read (a request is usually well under 1 KB)."""
+SOCKET_FDS = 4
+"""Descriptors accepted per read; one comes with each request, extras are closed."""
+LENGTH_DIGITS = 8
 
 ROOT_REFUSED = b"ZNot allowed to perform deliveries as root.\n"
 NO_MESSAGE = b"Zqmail-spawn unable to open message. (#4.3.0)\n"
@@ -51,7 +58,7 @@ def readRequest(stream):
             return None
         if c == b":":
             break
-        if not c.isdigit() or len(digits) > 8:
+        if not c.isdigit() or len(digits) > LENGTH_DIGITS:
             raise ValueError("bad request length")
         digits += c
     length = int(digits or b"0")
@@ -68,13 +75,59 @@ def answer(out, report):
     out.flush()
 
 
-def receiveMessage(sock):
-    """The message descriptor sent with a request, as a file, or C{None}."""
-    try:
-        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
-    except OSError:
+def splitRequest(buffer):
+    """
+    C{(payload, rest)} when C{buffer} starts with a whole request netstring, C{None} while
+    it is still short; raises C{ValueError} on bad framing.
+    """
+    colon = buffer.find(b":", 0, LENGTH_DIGITS + 2)
+    if colon == -1:
+        if len(buffer) > LENGTH_DIGITS + 1 or (buffer and not buffer.isdigit()):
+            raise ValueError("bad request length")
         return None
-    return os.fdopen(fds[0], "rb") if fds else None
+    digits = buffer[:colon]
+    if not digits.isdigit():
+        raise ValueError("bad request length")
+    length = int(digits)
+    if length > REQUEST_LIMIT:
+        raise ValueError("request too long")
+    end = colon + 1 + length
+    if len(buffer) <= end:
+        return None
+    if buffer[end:end + 1] != b",":
+        raise ValueError("truncated request")
+    return buffer[colon + 1:end], buffer[end + 1:]
+
+
+class SocketRequests:
+    """Requests from the spawner's socket, each with the descriptor sent alongside it."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buffer = b""
+        self.fds = []
+
+    def next(self):
+        """
+        C{(fields, message file or None)}, or C{None} at EOF; raises C{ValueError} on bad
+        framing.
+        """
+        while True:
+            split = splitRequest(self.buffer) if self.buffer else None
+            if split is not None:
+                payload, self.buffer = split
+                fd = self.fds.pop(0) if self.fds else None
+                message = os.fdopen(fd, "rb") if fd is not None else None
+                return netstring.decodeAll(payload), message
+            data, fds, _, _ = socket.recv_fds(self.sock, SOCKET_READ, SOCKET_FDS)
+            self.fds.extend(fds)
+            while len(self.fds) > 1:
+                os.close(self.fds.pop())
+            if not data:
+                if self.buffer:
+                    raise ValueError("truncated request")
+                return None
+            self.buffer += data
 
 
 def handle(deliverer, fields, refuse=False, message=None):
@@ -140,20 +193,23 @@ def main(argv):
     deliverer = LocalDeliverer(os.path.abspath(root), os.environb, defaultQueueCommand(),
                                programTimeout=timeout)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    requests = SocketRequests(fdsock) if fdsock is not None else None
     while True:
+        message = None
         try:
-            fields = readRequest(stdin)
-        except ValueError as e:
+            if requests is None:
+                fields = readRequest(stdin)
+            else:
+                got = requests.next()
+                fields, message = got if got is not None else (None, None)
+        except (ValueError, OSError) as e:
             sys.stderr.write(f"deliverworker: fatal: {e}\n")
             return 111
         if fields is None:
             return 0
-        message = None
-        if fdsock is not None:
-            message = receiveMessage(fdsock)
-            if message is None:
-                answer(stdout, NO_MESSAGE)
-                continue
+        if requests is not None and message is None:
+            answer(stdout, NO_MESSAGE)
+            continue
         answer(stdout, handle(deliverer, fields, refuse, message))
         if message is not None:
             message.close()

@@ -1,0 +1,164 @@
+"""
+The local spawner's two cheap paths (L{qmailtx.lspawn}): passwd answers remembered for
+L{qmailtx.lspawn.PASSWD_TTL} seconds on a fake clock, and C{deliverworker --fdsock}
+taking each request and the message's descriptor in one socket message, ending at EOF on
+the socket (run as a throwaway user when we are root).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from twisted.internet import task
+
+from qmailtx import lspawn, netstring
+from qmailtx.users import PasswdEntry
+from tests.component.deliverhelp import Space, workerEnv
+
+JOE = PasswdEntry(b"joe", 1234, 1234, b"/home/joe")
+
+
+class Passwd:
+    """A passwd double that counts its look-ups and can be told to fail."""
+
+    def __init__(self):
+        self.calls = []
+        self.entries = {b"joe": JOE}
+        self.trouble = False
+
+    def __call__(self, name):
+        self.calls.append(name)
+        if self.trouble:
+            raise OSError(5, "I/O error")
+        return self.entries.get(name)
+
+
+@pytest.fixture
+def spawner(tmp_path):
+    clock = task.Clock()
+    passwd = Passwd()
+    s = lspawn.LocalSpawner(str(tmp_path), clock, environ={}, getpwnam=passwd)
+    return s, clock, passwd
+
+
+def test_passwdAnswersAreRememberedBriefly(spawner):
+    """Found and not-found answers are reused within PASSWD_TTL and asked again after it."""
+    s, clock, passwd = spawner
+    assert s.getpwnam(b"joe") == JOE and s.getpwnam(b"nobody-here") is None
+    clock.advance(lspawn.PASSWD_TTL - 0.5)
+    assert s.getpwnam(b"joe") == JOE and s.getpwnam(b"nobody-here") is None
+    assert passwd.calls == [b"joe", b"nobody-here"]
+    passwd.entries[b"nobody-here"] = JOE
+    clock.advance(1)
+    assert s.getpwnam(b"nobody-here") == JOE
+    assert passwd.calls == [b"joe", b"nobody-here", b"nobody-here"]
+
+
+def test_passwdTroubleIsNotRemembered(spawner):
+    """A temporary passwd failure raises each time (deferral), and is not cached as absence."""
+    s, clock, passwd = spawner
+    passwd.trouble = True
+    for _ in range(2):
+        with pytest.raises(OSError):
+            s.getpwnam(b"joe")
+    passwd.trouble = False
+    assert s.getpwnam(b"joe") == JOE
+    assert passwd.calls == [b"joe"] * 3
+
+
+def test_passwdCacheIsBounded(spawner):
+    """Names come from recipients: the cache starts over when it reaches its limit."""
+    s, clock, passwd = spawner
+    for n in range(lspawn.PASSWD_CACHE_LIMIT + 1):
+        s.getpwnam(b"u%d" % n)
+    assert len(s._passwd) == 1
+
+
+@pytest.fixture
+def space():
+    s = Space("/tmp")
+    yield s
+    s.close()
+
+
+def request(messPath, home, local=b"joe"):
+    fields = [b"deliver", messPath, b"joe", os.fsencode(home), local, b"", b"",
+              b"example.com", b"joe@example.org", b"./Maildir/"]
+    return netstring.encode(netstring.encodeList(fields))
+
+
+def readAnswer(stream):
+    digits = b""
+    while True:
+        c = stream.read(1)
+        assert c, "worker died"
+        if c == b":":
+            break
+        digits += c
+    report = stream.read(int(digits))
+    assert stream.read(1) == b","
+    return report
+
+
+def test_workerTakesRequestAndDescriptorFromItsSocket(space):
+    """Each request arrives with the open message in one sendmsg (the path is only a name:
+    it does not exist); a request without a descriptor gets 'unable to open message'; EOF
+    on the socket ends the worker though its stdin stays open."""
+    root = space.fresh("root")
+    home = space.fresh("home")
+    maildir = os.path.join(home, "Maildir")
+    space.mkdir(maildir, 0o700)
+    for sub in ("tmp", "new", "cur"):
+        space.mkdir(os.path.join(maildir, sub), 0o700)
+    message = space.file(os.path.join(space.fresh("m"), "mess"), b"Subject: hi\n\nbody\n")
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qmailtx.scripts.main", "deliverworker", "--root", root,
+         "--fdsock", str(theirs.fileno()), *space.workerArgs()],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=workerEnv(),
+        pass_fds=[theirs.fileno()])
+    theirs.close()
+    try:
+        for _ in range(2):
+            fd = os.open(message, os.O_RDONLY)
+            try:
+                data = request(b"/nonexistent/queue/mess/1", home)
+                assert socket.send_fds(mine, [data], [fd]) == len(data)
+            finally:
+                os.close(fd)
+            assert readAnswer(proc.stdout) == b"Kdid 1+0+0\n"
+        assert len(os.listdir(os.path.join(maildir, "new"))) == 2
+        mine.sendall(request(message.encode(), home))
+        assert readAnswer(proc.stdout) == b"Zqmail-spawn unable to open message. (#4.3.0)\n"
+        mine.shutdown(socket.SHUT_WR)
+        assert proc.wait(10) == 0
+    finally:
+        mine.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+@pytest.mark.parametrize("buffer, expected", [
+    (b"", None),
+    (b"12", None),
+    (b"3:abc", None),
+    (b"3:abc,rest", (b"abc", b"rest")),
+    (b"0:,", (b"", b"")),
+])
+def test_splitRequest(buffer, expected):
+    """Requests are cut from the socket's byte stream only once whole."""
+    from qmailtx.scripts.deliverworker import splitRequest
+    assert splitRequest(buffer) == expected
+
+
+@pytest.mark.parametrize("buffer", [b"x:", b"3:abcX", b"1234567890", b"99999999:"])
+def test_splitRequestRefusesBadFraming(buffer):
+    """Bad length syntax, a missing comma or an oversized request is an error, not a wait."""
+    from qmailtx.scripts.deliverworker import splitRequest
+    with pytest.raises(ValueError):
+        splitRequest(buffer)
