@@ -10,7 +10,7 @@ L{qmailtx.sendtodo}, bounces and removal L{qmailtx.senddone}, the in-memory sche
 L{qmailtx.sendchannel}, and the file work L{qmailtx.sendqueue}, run in threads.  The
 schedule is persisted as channel file mtimes on exit.
 
-Writes C{info/ local/ remote/ bounce/} (through sendqueue) and C{lock/sendmutex}'s lock;
+Writes C{info/ local/ remote/ bounce/ spare/} (through sendqueue) and C{lock/sendmutex}'s lock;
 injects bounces only through the Queue.  Never opens sockets and never runs user code: the
 local spawner and the remote deliverer do.
 """
@@ -95,6 +95,7 @@ class Sender(TodoIntake, Completion, service.Service):
         self._loops = []
         self._idle = None
         self._busyOps = 0
+        self.spares = sendqueue.SparePool(self.queueDir)
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -136,7 +137,7 @@ class Sender(TodoIntake, Completion, service.Service):
             signal.signal(signal.SIGALRM, lambda *a: self.reactor.callFromThread(self.flush))
             signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.reload))
         self._openTrigger()
-        d = self._op(sendqueue.loadQueue, self.queueDir)
+        d = self._op(sendqueue.loadQueue, self.queueDir, self.spares)
         d.addCallbacks(self._cbLoaded, self._ebLoaded)
 
     def _refuse(self, why):

@@ -132,7 +132,7 @@ class Completion:
         batch = self._finishing[:FINISH_BATCH]
         del self._finishing[:FINISH_BATCH]
         self._finishRunning = True
-        d = self._op(sendqueue.finishMessages, self.queueDir, batch)
+        d = self._op(sendqueue.finishMessages, self.queueDir, batch, self.spares)
         d.addBoth(self._cbFinished, batch)
 
     def _cbFinished(self, troubles, batch):

@@ -91,7 +91,7 @@ class TodoIntake:
             self._todoRunning += 1
             self._todoInFlight.update(batch)
             d = self._blocking(sendqueue.preprocessBatch, self.queueDir, batch,
-                               self.config.rewriter.rewrite)
+                               self.config.rewriter.rewrite, self.spares)
             d.addBoth(self._cbPreprocessed, batch)
 
     def _cbPreprocessed(self, results, batch):
