@@ -36,6 +36,7 @@ from qmailtx.results import Delivered, PermFailure, TempFailure
 from qmailtx.schedule import LOCAL_SKIP, REMOTE_SKIP, expire, isDying, nextRetry
 from qmailtx.sendchannel import Lane, MessageJob
 from qmailtx.senddone import Completion, SendControls, UnavailableRemote
+from qmailtx.spares import SparePool
 from qmailtx.sendtodo import SCAN_INTERVAL, TodoIntake
 
 CLEANUP_INTERVAL = 76431
@@ -95,7 +96,7 @@ class Sender(TodoIntake, Completion, service.Service):
         self._loops = []
         self._idle = None
         self._busyOps = 0
-        self.spares = sendqueue.SparePool(self.queueDir)
+        self.spares = SparePool(self.queueDir)
 
     # -- plumbing ---------------------------------------------------------------------
 

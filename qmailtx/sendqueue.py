@@ -4,20 +4,20 @@ L{qmailtx.send.Sender} runs in a thread, so the reactor never waits on an fsync 
 
 Owns writing C{info/}, C{local/}, C{remote/} and C{bounce/}, and removing C{todo/}, C{intd/}
 and C{mess/} once a message is preprocessed or finished; reads C{todo/} and C{mess/}.  Every
-step keeps qmail's order, so a crash leaves only states S4/S5 of queue.md §3.  Also owns
-C{spare/} (L{SparePool}), where emptied queue files wait to be reused.  Pure file I/O: must
-not import Twisted, sockets or delivery code.
+step keeps qmail's order, so a crash leaves only states S4/S5 of queue.md §3.  Emptied files
+go to C{spare/} (L{qmailtx.spares}) when a pool is given.  Pure file I/O: must not import
+Twisted, sockets or delivery code.
 """
 
 import errno
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 
 from qmailtx.envelope import parseRecords
 from qmailtx.queue import SPLIT, splitName, syncFiles
 from qmailtx.rewrite import LOCAL, REMOTE
+from qmailtx.spares import SPARE, unlinkQuietly as _unlink
 
 CHANNELS = (LOCAL, REMOTE)
 
@@ -27,11 +27,6 @@ is left over from a crashed injection."""
 
 READ_LIMIT = 64 * 1024 * 1024
 """Largest C{todo/}, C{info/}, channel or C{bounce/} file read (a message's envelope)."""
-
-SPARE = "spare"
-"""Directory of the queue holding files kept for reuse by L{SparePool}."""
-SPARE_LIMIT = 4096
-"""Most files kept in C{spare/}; beyond it finished files are unlinked as before."""
 
 
 class UnknownRecord(Exception):
@@ -76,108 +71,9 @@ def path(queueDir, kind, msgid):
     return os.path.join(queueDir, kind, str(msgid))
 
 
-def _unlink(name):
-    try:
-        os.unlink(name)
-    except FileNotFoundError:
-        pass
-
-
 def _read(name):
     with open(name, "rb") as f:
         return f.read(READ_LIMIT)
-
-
-class SparePool:
-    """
-    Emptied queue files (a preprocessed C{todo/} entry, finished C{info/} and channel files)
-    renamed into C{spare/} instead of unlinked, and renamed back as the next message's
-    C{info/} and channel files.  On a filesystem without a journal, ext4 skips every inode
-    freed in the last minutes when it allocates one, checking each in the buffer cache:
-    under a steady queue churn that scan was a third of the daemon's CPU.  A rename neither
-    frees nor allocates an inode.
-
-    A spare's content means nothing: it is truncated when taken, and a crash leaves at
-    worst a taken spare under a name L{preprocessBatch} rewrites (its C{todo/} is still
-    there).  Nothing else reads C{spare/}.  Thread-safe: preprocessing and finishing run
-    in several threads.
-    """
-
-    def __init__(self, queueDir, limit=SPARE_LIMIT):
-        self.directory = os.path.join(queueDir, SPARE)
-        self.limit = limit
-        self._lock = threading.Lock()
-        self._names = []
-        self._count = 0
-        self._next = 0
-        self._ready = False
-
-    def load(self):
-        """Create C{spare/} if needed and adopt what it holds (extras unlinked); blocking."""
-        try:
-            os.mkdir(self.directory, 0o700)
-        except FileExistsError:
-            pass
-        names = [n for n in os.listdir(self.directory) if n.isdigit()]
-        for name in names[self.limit:]:
-            _unlink(os.path.join(self.directory, name))
-        with self._lock:
-            self._names = names[:self.limit]
-            self._count = len(self._names)
-            self._next = max((int(n) for n in names), default=-1) + 1
-            self._ready = True
-
-    def __len__(self):
-        return len(self._names)
-
-    def give(self, name):
-        """
-        Remove C{name} from the queue by renaming it into the pool: C{True} when it is gone
-        (kept, or it did not exist), C{False} when the caller must unlink it.
-        """
-        with self._lock:
-            if not self._ready or self._count >= self.limit:
-                return False
-            self._count += 1
-            spare = str(self._next)
-            self._next += 1
-        try:
-            os.rename(name, os.path.join(self.directory, spare))
-        except OSError as e:
-            with self._lock:
-                self._count -= 1
-            return e.errno == errno.ENOENT
-        with self._lock:
-            self._names.append(spare)
-        return True
-
-    def take(self, name):
-        """
-        A spare renamed to C{name} (which must not exist) and opened empty for writing,
-        mode 0600: its descriptor, or C{None} when the pool has none.
-        """
-        while True:
-            with self._lock:
-                if not self._names:
-                    return None
-                spare = self._names.pop()
-                self._count -= 1
-            try:
-                os.rename(os.path.join(self.directory, spare), name)
-            except OSError:
-                continue
-            try:
-                fd = os.open(name, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
-            except OSError:
-                _unlink(name)
-                return None
-            try:
-                os.fchmod(fd, 0o600)
-            except OSError:
-                os.close(fd)
-                _unlink(name)
-                return None
-            return fd
 
 
 def _remove(name, spares):

@@ -1,5 +1,5 @@
 """
-qmail-send's spare queue files (L{qmailtx.sendqueue.SparePool}) on a real queue directory:
+qmail-send's spare queue files (L{qmailtx.spares.SparePool}) on a real queue directory:
 finished C{info/}, channel and C{todo/} files are renamed into C{spare/} and come back as the
 next message's files, emptied, mode 0600, without a new inode; C{mess/} never goes there;
 and a crash half-way through preprocessing still ends in the right content.
@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from qmailtx import sendqueue
+from qmailtx import sendqueue, spares as sparemod
 from qmailtx.rewrite import LOCAL
 from tests.component.test_send import World
 
@@ -27,8 +27,8 @@ def rewriteLocal(address):
     return LOCAL, address
 
 
-def pool(world, limit=sendqueue.SPARE_LIMIT):
-    spares = sendqueue.SparePool(world.queue.queueDir, limit)
+def pool(world, limit=sparemod.SPARE_LIMIT):
+    spares = sparemod.SparePool(world.queue.queueDir, limit)
     spares.load()
     return spares
 
@@ -77,7 +77,7 @@ def test_giveBeyondTheLimitOrMissing(world):
 def test_loadAdoptsAndTrims(world):
     """On start the pool adopts what spare/ holds, unlinks the excess, and names new spares
     after the highest one."""
-    directory = os.path.join(world.queue.queueDir, sendqueue.SPARE)
+    directory = os.path.join(world.queue.queueDir, sparemod.SPARE)
     os.mkdir(directory)
     for n in ("3", "10", "4"):
         open(os.path.join(directory, n), "wb").close()
