@@ -10,6 +10,7 @@ checker's process.  Used by POP3 and SMTP AUTH.  Writes nothing; switches no uid
 (the checker does); must not import protocols.
 """
 
+import os
 from dataclasses import dataclass
 
 from twisted.internet import defer, error, protocol
@@ -95,7 +96,6 @@ class _CheckerProtocol(protocol.ProcessProtocol):
         self.killer = None
 
     def connectionMade(self):
-        self.transport.closeChildFD(0)
         self.transport.writeToChild(3, self.fd3)
         self.transport.closeChildFD(3)
         self.killer = self.clock.callLater(self.timeout, self._kill)
@@ -147,10 +147,24 @@ def checkPassword(reactor, program, login, password, challenge,
     childEnv.update(env or {})
     proto = _CheckerProtocol(data, login, d, reactor, timeout)
     try:
+        quiet = _devNull()
         reactor.spawnProcess(
             proto, program[0], list(program) + REPORT_PROGRAM, env=childEnv,
-            childFDs={0: "w", 1: "r", 2: "r", 3: "w"},
+            childFDs={0: quiet, 1: "r", 2: quiet, 3: "w"},
         )
     except Exception:
         return defer.fail(TempFailure(NO_FORK))
     return d
+
+
+_quiet = []
+
+
+def _devNull():
+    """
+    One descriptor on /dev/null, kept open, for the checker's stdin (it reads fd 3, never
+    stdin) and stderr (nothing reads it): two pipes fewer to make, watch and close per login.
+    """
+    if not _quiet:
+        _quiet.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
+    return _quiet[0]
