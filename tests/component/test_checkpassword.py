@@ -26,6 +26,8 @@ case "$login" in
   stamp) [ "$pass" = "$stamp" ] || exit 1 ;;
   joe) [ "$pass" = secret ] || exit 1 ;;
   nouser) unset USER; HOME=/; export HOME; cd /; exec "$@" ;;
+  stdin) if IFS= read -r line; then exit 1; fi ;;
+  noisy) head -c 300000 /dev/zero >&2 ;;
   *) exit 1 ;;
 esac
 USER=$login HOME=/tmp/home-$login; export USER HOME
@@ -119,3 +121,13 @@ class CheckPasswordTests(unittest.TestCase):
         seen = open(probe + ".env").read().split("\n")
         self.assertIn("TCPREMOTEIP=127.0.0.1", seen)
         self.assertFalse([v for v in seen if v.startswith("QMAILTX_LEAK")])
+
+    async def test_stdinAtEndOfFile(self):
+        """The checker's stdin is at end of file at once (the data comes on fd 3 only)."""
+        result = await self.check(b"stdin", b"secret", timeout=10)
+        self.assertEqual(result.home, b"/tmp/home-stdin")
+
+    async def test_noisyStderr(self):
+        """A checker writing much to stderr is neither blocked nor confused with its report."""
+        result = await self.check(b"noisy", b"secret", timeout=10)
+        self.assertEqual(result.user, b"noisy")
