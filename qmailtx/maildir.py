@@ -6,6 +6,12 @@ modern unique names), L{maildirmake}, and the reader side qmail-pop3d needs: L{M
 (scan with a per-maildir cache keyed on directory mtimes, tmp/ cleanup, the QUIT update) and
 L{Transmitter} (the RETR/TOP line encoding, streaming).
 
+Files L{deliver} writes carry their mtime and size in the name (L{deliveredStat}), so a scan
+lists them without a stat each.  That trusts a delivered file's mtime never to change (maildir
+messages are never rewritten); a restore that reset every mtime, or a filesystem that cannot
+keep microseconds, is caught by stat'ing one file per scan, a single file touched by hand is
+not (it keeps its delivery-time place in the listing).
+
 Writes only inside the maildir it is given (C{tmp/}, C{new/}, C{cur/}).  Blocking: callers
 decide whether to run it in a thread or a worker process.  Must not import Twisted, the
 queue or sockets.
