@@ -143,6 +143,20 @@ RESOLV_CONF_VARIABLE = "QMAILTX_RESOLV_CONF"
 """Names a resolv.conf to use instead of /etc/resolv.conf (tests point it at loopback)."""
 
 
+def systemResolver(reactor, resolvconf=None):
+    """
+    What C{twisted.names.client.createResolver} builds (hosts file, cache, resolv.conf
+    servers), but on C{reactor}: its timers then live and die with the daemon's reactor.
+    """
+    from twisted.names import cache, client, hosts, resolve
+
+    return resolve.ResolverChain([
+        hosts.Resolver(file=b"/etc/hosts"),
+        cache.CacheResolver(reactor=reactor),
+        client.Resolver(resolv=resolvconf or "/etc/resolv.conf", reactor=reactor),
+    ])
+
+
 class RemoteDeliverer:
     """
     Delivers to remote hosts as qmail-remote does; one instance serves the daemon.
@@ -160,8 +174,7 @@ class RemoteDeliverer:
         self.controls = controls
         self.reactor = reactor
         if resolver is None:
-            from twisted.names import client
-            resolver = client.createResolver(resolvconf=os.environ.get(RESOLV_CONF_VARIABLE))
+            resolver = systemResolver(reactor, os.environ.get(RESOLV_CONF_VARIABLE))
         self.resolver = resolver
         self.ipme = localAddresses({b"::1", b"::"}) if ipme is None else frozenset(ipme)
         self.smtpPort = smtpPort

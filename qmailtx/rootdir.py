@@ -49,6 +49,28 @@ def aliasOwner():
     return None
 
 
+def blockedAncestor(path, uid, gid):
+    """
+    The first directory above C{path} that C{uid}/C{gid} may not pass through (no search
+    permission), or C{None}: a mailbox owner must reach their home to take mail there.
+    """
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    while True:
+        st = os.stat(parent)
+        if st.st_uid == uid:
+            bit = 0o100
+        elif st.st_gid == gid:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not st.st_mode & bit:
+            return parent
+        if parent == os.path.dirname(parent):
+            return None
+        parent = os.path.dirname(parent)
+
+
 def _giveAliasAway(alias):
     if os.geteuid() != 0:
         return

@@ -189,6 +189,20 @@ def addDelivery(site, top):
     top.sender = sender
 
 
+def _warnUnreachableAlias(root):
+    """Started as root, say so at once if the alias user cannot reach ROOT/alias."""
+    from qmailtx.rootdir import blockedAncestor
+
+    alias = os.path.join(root, "alias")
+    if os.geteuid() != 0 or not os.path.isdir(alias):
+        return
+    st = os.stat(alias)
+    blocked = blockedAncestor(alias, st.st_uid, st.st_gid)
+    if blocked is not None:
+        log.warning(f"alias deliveries will defer: uid {st.st_uid} cannot pass through {blocked}; "
+                    "put the root where its mail users can reach it")
+
+
 def makeQmailService(config, reactor=None):
     """
     Build the service tree from parsed L{qmailtx.tap.Options}.  Creates the root on first
@@ -201,6 +215,7 @@ def makeQmailService(config, reactor=None):
         createRoot(root, config.get("me"))
         log.event(f"created qmail root {os.path.abspath(root)}")
     site = Site(root, reactor)
+    _warnUnreachableAlias(site.root)
     if config.get("nullclient"):
         from qmailtx.nullclient import QmqpQueue
 

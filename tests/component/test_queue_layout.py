@@ -82,3 +82,19 @@ def test_init_gives_alias_to_a_mail_user(tmp_path):
         assert pwd.getpwuid(st.st_uid).pw_name in ("alias", "nobody")
     else:
         assert st.st_uid == os.geteuid()
+
+
+def test_blockedAncestor(tmp_path):
+    """A directory without search permission for the user is found; a clear path is None."""
+    from qmailtx.rootdir import blockedAncestor
+
+    outer = tmp_path / "outer"
+    inner = outer / "inner" / "alias"
+    inner.mkdir(parents=True)
+    os.chmod(tmp_path, 0o755)
+    os.chmod(outer, 0o700)
+    os.chmod(outer / "inner", 0o755)
+    st = os.stat(outer)
+    assert blockedAncestor(str(inner), st.st_uid + 1, st.st_gid + 1) == str(outer)
+    os.chmod(outer, 0o711)
+    assert blockedAncestor(str(inner), st.st_uid + 1, st.st_gid + 1) != str(outer)

@@ -5,17 +5,32 @@ The README's set-up: `twistd -n qmail` with no options creates ./qmail-root, lis
 
 import glob
 import os
+import pathlib
+import shutil
 import signal
 import smtplib
 import socket
 import subprocess
+import tempfile
 import time
+
+import pytest
 
 from tests.service.daemon import REPO, TWISTD, waitForPort
 
 
-def test_embedded_default_end_to_end(tmp_path):
+@pytest.fixture
+def workdir():
+    """A working directory the alias user can reach (pytest's own tmp is root-only)."""
+    path = tempfile.mkdtemp(prefix="qmailtx-embedded-")
+    os.chmod(path, 0o755)
+    yield pathlib.Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_embedded_default_end_to_end(workdir):
     """No options: root created in the working directory, SMTP on 2525, postmaster mail delivered."""
+    tmp_path = workdir
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", 2525)) != 0, "127.0.0.1:2525 is taken by another program"
     env = dict(os.environ, PYTHONPATH=REPO)
