@@ -233,6 +233,9 @@ class Queue:
         self._reactor = reactor
         self._runBlocking = runBlocking
         self._observers = []
+        self.spares = None
+        """The queue manager's L{qmailtx.spares.SparePool}, when one runs in this process:
+        new pid/ and intd/ files are then recycled inodes instead of fresh allocations."""
         self._qps = itertools.count(os.getpid())
         self._uid = os.getuid()
         self._gathering = []
@@ -307,7 +310,29 @@ class Queue:
             raise _Trouble(63)
         return msgid, fd
 
+    def _takeSpare(self, path):
+        """
+        A recycled inode from the queue manager's spare pool, renamed to C{path} and
+        opened empty (mode 0644 as qmail-queue's files), or C{None}.  The caller makes
+        sure nothing else can be using C{path}.
+        """
+        if self.spares is None:
+            return None
+        fd = self.spares.take(path)
+        if fd is not None:
+            try:
+                os.fchmod(fd, 0o644)
+            except OSError:
+                pass
+        return fd
+
     def _openPid(self, qp, now):
+        # A spare arrives by rename, which would replace a file of the same name: its pid/
+        # name carries this process's own pid and an "s", a name no qmail-queue uses.
+        spare = os.path.join(self.queueDir, "pid", "%d.%d.s%d" % (os.getpid(), now, qp))
+        fd = self._takeSpare(spare)
+        if fd is not None:
+            return fd, spare
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         for seq in range(1, PID_SEQ_LIMIT + 1):
             path = os.path.join(self.queueDir, "pid", "%d.%d.%d" % (qp, now, seq))
@@ -529,6 +554,9 @@ class QueueWriter:
                     pass
 
     def _openIntd(self, path):
+        fd = self._queue._takeSpare(path)
+        if fd is not None:
+            return fd
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
             return os.open(path, flags, 0o644)

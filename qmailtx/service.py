@@ -185,6 +185,7 @@ def addDelivery(site, top):
     sender = Sender(site.queue, site.controls, site.reactor, spawner, remoteDeliverer(site),
                     handleSignals=True)
     sender.setServiceParent(top)
+    site.queue.spares = sender.spares
     ControlService(site.root, sender, site.reactor).setServiceParent(top)
     top.sender = sender
 

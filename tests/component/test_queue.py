@@ -274,3 +274,35 @@ def test_recordsReadable(root):
     msgid = w.commitSync(b"s@x", [b"t@y"])
     assert parseRecords(read(root, "todo", str(msgid))) == [
         (b"u", str(os.getuid()).encode()), (b"p", str(w.qp).encode()), (b"F", b"s@x"), (b"T", b"t@y")]
+
+
+def test_recycledInodesFromSpares(root):
+    """With the queue manager's spare pool, a message's pid/mess and intd files are recycled
+    inodes (no allocation), emptied first; the message and todo are exactly as without."""
+    from qmailtx.spares import SparePool
+
+    q = makeQueue(root)
+    pool = SparePool(q.queueDir)
+    pool.load()
+    inodes = set()
+    for i in range(2):
+        name = os.path.join(root, "queue", "todo", "old%d" % i)
+        with open(name, "wb") as f:
+            f.write(b"stale content that must not survive " * 10)
+        inodes.add(os.stat(name).st_ino)
+        assert pool.give(name)
+    q.spares = pool
+    w = q.begin(b"from network")
+    w.write(b"Subject: recycled\n\nbody\n")
+    msgid = w.commitSync(b"a@b", [b"c@d"])
+    assert len(pool) == 0
+    mess = os.path.join(root, "queue", "mess", str(msgid % 23), str(msgid))
+    assert msgid in inodes and os.stat(mess).st_ino == msgid
+    with open(mess, "rb") as f:
+        data = f.read()
+    assert data.startswith(b"Received: (qmail ") and data.endswith(b"\nSubject: recycled\n\nbody\n")
+    with open(os.path.join(root, "queue", "todo", str(msgid)), "rb") as f:
+        assert parseRecords(f.read())[2:] == [(b"F", b"a@b"), (b"T", b"c@d")]
+    assert os.stat(os.path.join(root, "queue", "todo", str(msgid))).st_ino in inodes
+    assert os.listdir(os.path.join(root, "queue", "pid")) == []
+    assert os.stat(mess).st_mode & 0o777 == 0o644
