@@ -17,10 +17,10 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from qmailtx.envelope import EnvelopeError, encodeTodo, receivedLine
 from qmailtx.results import QQ_CRASHED, QQ_READ_ERROR, fromReport, qqExitFailure
+from qmailtx.safeio import writeAtomically
 
 SPLIT = 23
 WRITE_BUFFER = 64 * 1024
@@ -74,13 +74,13 @@ def createLayout(queueDir, uid=None, gid=None):
 
     tcpto = os.path.join(lock, "tcpto")
     if not os.path.exists(tcpto):
-        _writeNew(tcpto, b"\0" * TCPTO_SIZE)
+        writeAtomically(tcpto, b"\0" * TCPTO_SIZE)
     os.chmod(tcpto, 0o644)
     _own(tcpto, uid, gid)
 
     mutex = os.path.join(lock, "sendmutex")
     if not os.path.exists(mutex):
-        _writeNew(mutex, b"")
+        writeAtomically(mutex, b"")
     os.chmod(mutex, 0o600)
     _own(mutex, uid, gid)
 
@@ -95,18 +95,6 @@ def createLayout(queueDir, uid=None, gid=None):
             os.mkfifo(trigger, 0o622)
     os.chmod(trigger, 0o622)
     _own(trigger, uid, gid)
-
-
-def _writeNew(path, data):
-    """Write a small file via a temporary name, fsync, rename: never half there."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
 
 
 def splitName(msgid):

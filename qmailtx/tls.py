@@ -26,6 +26,7 @@ from zope.interface import implementer
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 
 from qmailtx import log
+from qmailtx.safeio import writeAtomically
 
 PEM_LIMIT = 1024 * 1024
 """Largest servercert.pem read: a key and a long chain are a few KiB."""
@@ -256,12 +257,4 @@ def selfSignedPEM(hostname, now=None, days=3650):
 
 def writeSelfSigned(path, hostname):
     """Install L{selfSignedPEM} at C{path}, mode 0600 (it holds the private key)."""
-    pem = selfSignedPEM(hostname)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    writeAtomically(path, selfSignedPEM(hostname), 0o600)

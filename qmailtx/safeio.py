@@ -1,0 +1,22 @@
+"""
+Atomic small-file writes: a temporary name, the whole content, fsync, rename.
+
+A reader sees the old file or the new one, never half of either.  Pure file I/O; imports
+nothing of qmailtx.
+"""
+
+import os
+
+
+def writeAtomically(path, data, mode=0o600):
+    """Replace C{path} by a file holding C{data} (mode C{mode}); raises C{OSError}."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
