@@ -15,7 +15,8 @@ from twisted.internet import endpoints
 from qmailtx import log
 from qmailtx.control import ControlDir
 from qmailtx.ipme import ipme
-from qmailtx.queue import ProgramQueue, Queue
+from qmailtx.qqprogram import ProgramQueue
+from qmailtx.queue import Queue
 from qmailtx.rootdir import createRoot
 from qmailtx.rules import RulesSource
 from qmailtx.smtp import SMTPFactory

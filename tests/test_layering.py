@@ -51,7 +51,7 @@ def test_send_never_parses_smtp_or_runs_user_code(module):
                                 "localrun", "maildir", "mbox", "pop3"} == set()
 
 
-@pytest.mark.parametrize("module", existing(["queue", "envelope"]))
+@pytest.mark.parametrize("module", existing(["queue", "qqprogram", "envelope"]))
 def test_queue_knows_no_delivery(module):
     """The queue is written by injectors and read by send; it imports neither side."""
     assert importsOf(module) & (DELIVERY | {"smtp", "qmtp", "qmqp", "pop3"}) == set()

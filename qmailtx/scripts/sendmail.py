@@ -76,7 +76,7 @@ def smtpd(root, environ):
     from twisted.internet.stdio import StandardIO
 
     from qmailtx.control import ControlDir
-    from qmailtx.queue import ProgramQueue
+    from qmailtx.qqprogram import ProgramQueue
     from qmailtx.scripts.deliverworker import defaultQueueCommand
     from qmailtx.smtp import SMTPFactory
 

@@ -12,7 +12,8 @@ import tempfile
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from qmailtx.queue import ProgramQueue, Queue, createLayout
+from qmailtx.qqprogram import ProgramQueue
+from qmailtx.queue import Queue, createLayout
 from qmailtx.results import PermFailure, TempFailure
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
