@@ -22,6 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.basic import FileSender
 from twisted.protocols.policies import TimeoutMixin
 
+from qmailtx.nodelay import setNoDelay
 from qmailtx import log, netstring, qmqpc
 from qmailtx.control import ControlError
 from qmailtx.results import qqExitFailure
@@ -60,8 +61,7 @@ class QMQPClient(Protocol, TimeoutMixin):
         self._code = None
 
     def connectionMade(self):
-        if getattr(self.transport, "setTcpNoDelay", None) is not None:
-            self.transport.setTcpNoDelay(True)
+        setNoDelay(self.transport)
         self.setTimeout(self.timeout)
         head = b"%d:" % self.length
         total = len(head) + self.length + 1 + len(self.envelope)

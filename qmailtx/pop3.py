@@ -109,11 +109,6 @@ class POP3Server(Popup, protocol.Protocol, TimeoutMixin):
         return self.reactor.callLater(*a, **kw)
 
     def connectionMade(self):
-        if hasattr(self.transport, "setTcpNoDelay"):
-            try:
-                self.transport.setTcpNoDelay(True)
-            except OSError:
-                pass
         self.tlsActive = self.tlsActive or getattr(self.factory, "implicitTLS", False)
         if self.env is None:
             self.env = getattr(self.transport, "env", None)

@@ -85,8 +85,6 @@ class PackageServer(Protocol):
             self.env = {}
         clock = self.factory.reactor
         self._timer = clock.callLater(self.factory.sessionTimeout, self._sessionExpired)
-        if getattr(self.transport, "setTcpNoDelay", None) is not None:
-            self.transport.setTcpNoDelay(True)
         self.transport.registerProducer(self, True)
         self.sessionStarted()
 

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
 
+from qmailtx.nodelay import setNoDelay
 from qmailtx import netstring
 from qmailtx.encoder import MessageStreamer, verbatim
 from qmailtx.smtpclient import Attempt, diedReport
@@ -42,10 +43,7 @@ class QMTPClient(Protocol, TimeoutMixin):
 
     def connectionMade(self):
         self.connected = True
-        try:
-            self.transport.setTcpNoDelay(True)
-        except Exception:
-            pass
+        setNoDelay(self.transport)
         self.setTimeout(self.timeoutPeriod)
 
     def peerAddress(self):

@@ -59,10 +59,6 @@ class SMTPServer(SecureSession, Protocol):
         env = self.env
         if env is None:
             env = self.env = factory.envFromTransport(self.transport)
-        try:
-            self.transport.setTcpNoDelay(True)
-        except Exception:
-            pass
         self.lastActivity = factory.clock.seconds()
         try:
             c = self.controls = factory.loadControls()

@@ -18,6 +18,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
 
+from qmailtx.nodelay import setNoDelay
 from qmailtx.encoder import MessageStreamer, PartialFinalLine, SMTPEncoder, PARTIAL_LINE
 
 REPLY_TEXT_LIMIT = 5000
@@ -155,10 +156,7 @@ class SMTPClient(Protocol, TimeoutMixin):
 
     def connectionMade(self):
         self.connected = True
-        try:
-            self.transport.setTcpNoDelay(True)
-        except Exception:
-            pass
+        setNoDelay(self.transport)
         self.setTimeout(self.timeoutPeriod)
 
     def peerAddress(self):

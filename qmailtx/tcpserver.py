@@ -18,6 +18,7 @@ from twisted.internet import protocol
 from twisted.internet.defer import DeferredList, succeed
 from twisted.logger import Logger
 
+from qmailtx.nodelay import setNoDelay
 from qmailtx.rules import RulesError
 
 DEFAULT_MAX_CONNECTIONS = 40
@@ -200,9 +201,7 @@ class RulesFactory(protocol.ServerFactory):
         A connection was accepted.  Beyond the limit (one accept batch may overshoot it) it
         waits, paused and unanswered, as it would have in the backlog.
         """
-        setNoDelay = getattr(gate.transport, "setTcpNoDelay", None)
-        if setNoDelay is not None:
-            setNoDelay(True)
+        setNoDelay(gate.transport)
         if self.active < self.maxConnections:
             self.active += 1
             gate.counted = True
