@@ -14,6 +14,7 @@ import stat
 import time
 
 from twisted.internet.defer import Deferred, fail
+from twisted.python.failure import Failure
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -260,9 +261,8 @@ class Queue:
 
         The files of qmail-queue steps 2–3 (a C{pid/} file linked to
         C{mess/<id%23>/<id>}) are made when the first buffer's worth must reach disk, which
-        for most messages is inside L{QueueWriter.commit} on a worker thread: creating
-        files contends with other threads' fsyncs for the journal, and the reactor thread
-        must not wait for that.  Trouble then surfaces as the commit's failure.
+        for most messages is inside L{QueueWriter.commit}: a message refused or dropped
+        before its end then costs no file at all.  Trouble surfaces as the commit's failure.
         C{eager} makes the files at once, as the C{qmail-queue} command must (its exit code
         tells which step failed); then begin() raises L{TempFailure} on trouble.
         """
@@ -337,12 +337,22 @@ class Queue:
     def _link(self, writer, todo):
         """
         Queue C{writer} (with its C{todo} record bytes) for the next group commit; a
-        Deferred fires with its id.  A whole group costs one trip to a worker thread,
-        so the reactor and the thread pool hand each other work once per group, not once
-        per message and step.
+        Deferred fires with its id.
+
+        The cheap steps (creating and writing files, linking) run here on the reactor
+        thread; only the two flushes of a group go to a worker thread, one trip each.  A
+        worker thread that made every small system call itself would trade the interpreter
+        lock with the reactor thread at each one: measured, that hand-over (futex wake-ups
+        and context switches) cost more CPU than the disk work it moved.
         """
+        try:
+            writer._prepare(todo)
+        except _Trouble as t:
+            return fail(_failureFor(t.code))
+        except Exception:
+            return fail(_failureFor(81))
         d = Deferred()
-        self._gathering.append((writer, todo, d))
+        self._gathering.append((writer, d))
         if not self._linking:
             self._startBatch()
         return d
@@ -350,31 +360,29 @@ class Queue:
     def _startBatch(self):
         batch, self._gathering = self._gathering, []
         self._linking = True
-        d = self._blocking(self._commitBatch, [(w, todo) for w, todo, _ in batch])
-        d.addBoth(self._batchDone, [(w, d) for w, _, d in batch])
+        d = self._blocking(self._syncData, [w for w, _ in batch])
+        d.addBoth(self._cbDataSynced, batch)
 
-    def _commitBatch(self, items):
-        """Prepare each message's files, then L{_linkBatch} the ones that are ready."""
-        codes = [None] * len(items)
-        ready = []
-        for i, (writer, todo) in enumerate(items):
-            try:
-                writer._prepare(todo)
-            except _Trouble as t:
-                codes[i] = t.code
-            except Exception:
-                codes[i] = 81
-            else:
-                ready.append(i)
-        for i, code in zip(ready, self._linkBatch([items[i][0] for i in ready])):
-            codes[i] = code
-        return codes
+    def _cbDataSynced(self, result, batch):
+        synced = not isinstance(result, Failure)
+        if not synced:
+            _log.failure("flushing queued messages failed", result)
+        codes = self._linkTodo([w for w, _ in batch], synced)
+        if all(code is not None for code in codes):
+            self._batchDone(codes, batch)
+            return
+        d = self._blocking(self._syncTodo)
+        d.addBoth(self._cbTodoSynced, codes, batch)
+
+    def _cbTodoSynced(self, result, codes, batch):
+        if isinstance(result, Failure):
+            # The links exist and qmail-send may take them: never remove them now.
+            codes = [53 if code is None else code for code in codes]
+        self._announce(codes)
+        self._batchDone(codes, batch)
 
     def _batchDone(self, codes, batch):
         self._linking = False
-        if not isinstance(codes, list):
-            _log.failure("linking todo/ failed", codes)
-            codes = [81] * len(batch)
         for (writer, d), code in zip(batch, codes):
             if code is None:
                 d.callback(writer.msgid)
@@ -386,16 +394,32 @@ class Queue:
 
     def _linkBatch(self, writers):
         """
-        qmail-queue steps 4–6 for a group: make every message and C{intd} file durable
-        (one syncfs for a large group, else each file's fsync), link C{intd} to C{todo},
-        and fsync C{todo/} once (the step qmail leaves to the filesystem).  Returns a code
-        (or C{None}) per writer.
+        qmail-queue steps 4–6 for a group, blocking: make every message and C{intd} file
+        durable (one syncfs for a large group, else each file's fsync), link C{intd} to
+        C{todo}, and fsync C{todo/} once (the step qmail leaves to the filesystem).  Returns
+        a code (or C{None}) per writer.
         """
-        codes = [None] * len(writers)
         try:
             self._syncData(writers)
         except OSError:
-            codes = [53] * len(writers)
+            synced = False
+        else:
+            synced = True
+        codes = self._linkTodo(writers, synced)
+        if any(code is None for code in codes):
+            try:
+                self._syncTodo()
+            except OSError:
+                codes = [53 if code is None else code for code in codes]
+            self._announce(codes)
+        return codes
+
+    def _linkTodo(self, writers, synced):
+        """
+        qmail-queue step 6 for the writers whose files are durable (C{synced}): C{intd}
+        linked to C{todo}.  Every file is closed; a writer that fails is cleaned up.
+        """
+        codes = [None if synced else 53] * len(writers)
         for i, writer in enumerate(writers):
             writer._closeFiles()
             if codes[i] is not None:
@@ -406,14 +430,15 @@ class Queue:
             except OSError:
                 writer._cleanup()
                 codes[i] = 66
-        if any(code is None for code in codes):
-            try:
-                _fsyncDir(os.path.join(self.queueDir, "todo"))
-            except OSError:
-                # The links exist and qmail-send may take them: never remove them now.
-                codes = [53 if code is None else code for code in codes]
-            pullTrigger(self.queueDir)
         return codes
+
+    def _syncTodo(self):
+        _fsyncDir(os.path.join(self.queueDir, "todo"))
+
+    def _announce(self, codes):
+        """Wake a qmail-send in another process; one in this process hears L{_notify}."""
+        if not self._observers and any(code is None for code in codes):
+            pullTrigger(self.queueDir)
 
     def _syncData(self, writers):
         syncFiles(self.queueDir, [fd for w in writers for fd in (w._fd, w._intdFd)])

@@ -97,7 +97,7 @@ def _writeNew(name, data, opened, spares=None):
     return os.fstat(fd).st_mtime
 
 
-def _closeAll(fds):
+def closeAll(fds):
     for fd in fds:
         try:
             os.close(fd)
@@ -189,6 +189,24 @@ def preprocessBatch(queueDir, msgids, rewrite, spares=None):
     (one syncfs for the group, L{qmailtx.queue.syncFiles}); only then are the C{intd/} and
     C{todo/} entries removed, so a crash leaves each message in todo/ or fully preprocessed.
     With a L{SparePool}, new files are taken from it and the C{todo/} file goes into it.
+    Blocking; the daemon runs the same three steps with only the flush in a thread
+    (L{stageBatch}, L{syncFiles}, L{finishBatch}).
+    """
+    results, opened = stageBatch(queueDir, msgids, rewrite, spares)
+    try:
+        syncFiles(queueDir, opened)
+    except OSError as e:
+        return failBatch(results, e)
+    finally:
+        closeAll(opened)
+    return finishBatch(queueDir, results, spares)
+
+
+def stageBatch(queueDir, msgids, rewrite, spares=None):
+    """
+    Steps 1–3 of preprocessing for several ids: C{(results, fds)}, the results as
+    L{preprocessBatch}'s and the descriptors of the files written, which the caller must
+    make durable (L{syncFiles}) and close before L{finishBatch}.
     """
     results = []
     opened = []
@@ -198,12 +216,19 @@ def preprocessBatch(queueDir, msgids, rewrite, spares=None):
                 results.append((msgid, _stage(queueDir, msgid, rewrite, opened, spares)))
             except (UnknownRecord, OSError) as e:
                 results.append((msgid, e))
-        try:
-            syncFiles(queueDir, opened)
-        except OSError as e:
-            return [(msgid, e if isinstance(r, QueuedMessage) else r) for msgid, r in results]
-    finally:
-        _closeAll(opened)
+    except BaseException:
+        closeAll(opened)
+        raise
+    return results, opened
+
+
+def failBatch(results, error):
+    """The staged results when their flush failed: every staged message keeps its todo/."""
+    return [(msgid, error if isinstance(r, QueuedMessage) else r) for msgid, r in results]
+
+
+def finishBatch(queueDir, results, spares=None):
+    """Step 4, once the staged files are durable: C{intd/} and C{todo/} removed."""
     for msgid, result in results:
         if isinstance(result, QueuedMessage):
             _unlink(path(queueDir, "intd", msgid))

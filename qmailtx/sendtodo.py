@@ -1,12 +1,15 @@
 """
 qmail-send's intake (spec/queue.md §4): C{todo/} entries announced in-process by the Queue,
-by the C{lock/trigger} FIFO or by the periodic scan are preprocessed in batches in a thread
-(L{qmailtx.sendqueue.preprocessBatch}) and handed to the scheduler.
+by the C{lock/trigger} FIFO or by the periodic scan are preprocessed in batches
+(L{qmailtx.sendqueue.stageBatch} here, the group's flush in a thread, then
+L{qmailtx.sendqueue.finishBatch}) and handed to the scheduler.
 
 A mixin of L{qmailtx.send.Sender}; writes nothing itself.  Never opens sockets.
 """
 
 import os
+
+from twisted.python.failure import Failure
 
 from qmailtx import log, sendqueue
 from qmailtx.senddone import _TriggerReader
@@ -15,7 +18,7 @@ SCAN_INTERVAL = 1500
 """Seconds between scans of C{todo/} without a trigger (qmail-send's 25 minutes)."""
 TODO_BATCH = 64
 """C{todo/} entries preprocessed per thread call (their fsyncs share journal commits)."""
-TODO_PARALLEL = 3
+TODO_PARALLEL = 1
 """Preprocessing thread calls in flight at once."""
 
 
@@ -90,9 +93,21 @@ class TodoIntake:
                 return
             self._todoRunning += 1
             self._todoInFlight.update(batch)
-            d = self._blocking(sendqueue.preprocessBatch, self.queueDir, batch,
-                               self.config.rewriter.rewrite, self.spares)
+            try:
+                results, opened = sendqueue.stageBatch(
+                    self.queueDir, batch, self.config.rewriter.rewrite, self.spares)
+            except Exception as e:
+                self._cbPreprocessed(Failure(e), batch)
+                continue
+            d = self._blocking(sendqueue.syncFiles, self.queueDir, opened)
+            d.addBoth(self._cbStagedSynced, results, opened)
             d.addBoth(self._cbPreprocessed, batch)
+
+    def _cbStagedSynced(self, synced, results, opened):
+        sendqueue.closeAll(opened)
+        if isinstance(synced, Failure):
+            return sendqueue.failBatch(results, synced.value)
+        return sendqueue.finishBatch(self.queueDir, results, self.spares)
 
     def _cbPreprocessed(self, results, batch):
         self._todoRunning -= 1

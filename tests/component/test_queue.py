@@ -77,7 +77,9 @@ def test_qpUniqueIncreasing(root):
 
 
 def test_commitDeferredAndObserverAndTrigger(root):
-    """commit() fires with the id after todo is linked; observers get the id; one byte reaches lock/trigger."""
+    """commit() fires with the id after todo is linked; observers get the id, and with one
+    in this process nothing is written to lock/trigger (qmail-send would only list todo/
+    again); without one, one byte reaches lock/trigger for a qmail-send elsewhere."""
     trigger = os.open(os.path.join(root, "queue", "lock", "trigger"), os.O_RDONLY | os.O_NONBLOCK)
     try:
         q = makeQueue(root)
@@ -88,6 +90,11 @@ def test_commitDeferredAndObserverAndTrigger(root):
         msgid = result(w.commit(b"", [b"r@y"]))
         assert msgid == w.msgid and seen == [msgid]
         assert os.path.exists(os.path.join(root, "queue", "todo", str(msgid)))
+        assert os.read(trigger, 10) == b""
+        alone = makeQueue(root)
+        w = alone.begin(b"for bounce")
+        w.write(b"y\n")
+        result(w.commit(b"", [b"r@y"]))
         assert os.read(trigger, 10) == b"\0"
     finally:
         os.close(trigger)
@@ -247,19 +254,15 @@ def test_groupCommit(root):
 
     q = makeQueue(root, manual)
     batches = []
-    real = q._linkBatch
-    q._linkBatch = lambda writers: batches.append(len(writers)) or real(writers)
+    real = q._syncData
+    q._syncData = lambda writers: batches.append(len(writers)) or real(writers)
     ds = []
     for i in range(5):
         w = q.begin(b"from network")
         w.write(b"m%d\n" % i)
         ds.append(w.commit(b"a", [b"b%d" % i]))
-    # Run the five prepare steps; the first reaching the link phase starts a batch alone.
-    f, args, d = pending.pop(0)
-    d.callback(f(*args))
-    while pending and pending[0][0].__name__ == "_prepare":
-        f, args, d = pending.pop(0)
-        d.callback(f(*args))
+    # The first commit's flush is under way alone; the other four gather behind it.
+    assert [f.__name__ for f, _, _ in pending] == ["<lambda>"]
     runAll()
     ids = [result(d) for d in ds]
     assert all(isinstance(i, int) for i in ids)
