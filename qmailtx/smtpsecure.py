@@ -5,10 +5,13 @@ for L{qmailtx.smtp.SMTPServer} and L{qmailtx.smtp.SMTPFactory}.
 Owns: the TLS switch (discarding plaintext pipelined behind STARTTLS and resetting HELO,
 transaction and AUTH, so no command crosses the switch), implicit TLS before the banner,
 the AUTH verb and its exchange lines, the checkpassword call (input held meanwhile, like a
-DATA commit), the delayed C{535}, and what a login changes (relaying, TCPREMOTEINFO, the
-Received PROTO word).  Pure rules come from L{qmailtx.smtpauth}; contexts from
-L{qmailtx.tls}; the TLS layer from L{qmailtx.tlstransport}.  Writes nothing; must not import
-the queue or read control files beyond C{tlsserverciphers}.
+DATA commit), the delayed C{535}, and what a login or a listed client certificate changes
+(relaying, TCPREMOTEINFO, the Received PROTO: C{ESMTPS (<cipher> encrypted)}, C{ESMTPSA}
+after AUTH, and C{\n  (cert <email>)} when a certificate allowed relaying).  Pure rules come
+from L{qmailtx.smtpauth}; contexts and client-certificate trust from L{qmailtx.tls}; the TLS
+layer from L{qmailtx.tlstransport}.  Writes nothing; must not import the queue or read
+control files beyond C{tlsserverciphers} and, through L{qmailtx.tls.ClientCertificates},
+C{tlsclients}.
 """
 
 import itertools
@@ -20,12 +23,17 @@ from zope.interface import implementer
 from qmailtx import checkpassword as cpw, log, smtpauth
 from qmailtx.control import ControlError
 from qmailtx.results import TempFailure
-from qmailtx.tls import ContextCache, TLSSetupError
-from qmailtx.tlstransport import startTLS
+from qmailtx.tls import ClientCertificates, ContextCache, TLSSetupError, certificateEmails
+from qmailtx.tlstransport import startTLS, tlsInfo
 
 STARTTLS_ARGUMENT = b"501 Syntax error (no parameters allowed) (#5.5.4)"
 UNIMPLEMENTED = b"502 unimplemented (#5.5.1)"
 READY = b"220 ready for tls"
+
+_COMMENT_SAFE = bytes(b if 32 < b < 127 and b not in b"()\\;" else 63 for b in range(256))
+"""Bytes of a cipher name or certificate address kept in the Received line's PROTO comment
+(underscores and the characters of addresses, but no space, control byte, parenthesis,
+backslash or the C{;} before the date); others become C{?}."""
 
 HANDSHAKE_TIMEOUT = 60
 """Seconds a TLS handshake may take (capped by timeoutsmtpd).  Until it completes nothing
@@ -50,12 +58,22 @@ class SecureFactory:
     checkTimeout = cpw.CHECK_TIMEOUT
     authThrottle = None
     tlsContexts = None
+    clientCertificates = None
     _serials = None
 
     def serverTLS(self, path):
         if self.tlsContexts is None:
             self.tlsContexts = ContextCache()
         return self.tlsContexts.get(path)
+
+    def clientTrust(self):
+        """
+        The L{qmailtx.tls.ClientTrust} for the next handshake, or C{None}: no client
+        certificate is asked for.  Raises L{ControlError}.
+        """
+        if self.clientCertificates is None:
+            self.clientCertificates = ClientCertificates(self.controlDir, self.clock)
+        return self.clientCertificates.current()
 
     def throttle(self):
         if self.authThrottle is None:
@@ -86,6 +104,9 @@ class SecureSession:
     _plainEnv = None
     _handshakeTimer = None
     _banner = None
+    _trust = None
+    tls = None
+    certEmail = None
 
     def startSecurity(self):
         """
@@ -129,9 +150,46 @@ class SecureSession:
         timer, self._handshakeTimer = self._handshakeTimer, None
         if timer is not None and timer.active():
             timer.cancel()
+        if self._isClosed():
+            return
+        self.tls = tlsInfo(self.transport)
+        trust, self._trust = self._trust, None
+        if trust is not None and self.tls is not None:
+            self._checkClientCertificate(trust, self.tls.peerCertificate)
         banner, self._banner = self._banner, None
-        if banner is not None and not self._isClosed():
+        if banner is not None:
             self.transport.write(banner)
+
+    def _checkClientCertificate(self, trust, peer):
+        """
+        A verified certificate whose address C{tlsclients} lists makes the session a relay
+        client (qmail-tls: only if it was not one already, so the cert is named in the
+        Received line only when it is what allowed relaying).
+        """
+        if not peer:
+            return
+        ip = self.env.get("TCPREMOTEIP", "unknown")
+        email = trust.relayEmail(peer)
+        if email is None:
+            names = b",".join(certificateEmails(peer)) or b"no address"
+            log.event(f"smtp: tls client cert {log.logsafe(names)} not in tlsclients "
+                      f"from {ip}")
+            return
+        if self.relayclient is not None:
+            return
+        if self._plainEnv is None:
+            self._plainEnv = dict(self.env)
+        self.env["RELAYCLIENT"] = ""
+        self.relayclient = b""
+        self.certEmail = email
+        log.event(f"smtp: tls client cert {log.logsafe(email)} relaying from {ip}"
+                  f"{self._tlsDetail()}")
+
+    def _tlsDetail(self):
+        """C{ (TLSv1.3 TLS_AES_256_GCM_SHA384)} for log lines of a TLS session, else empty."""
+        if self.tls is None:
+            return ""
+        return f" ({self.tls.version} {self.tls.cipher})"
 
     def _handshakeTimedOut(self):
         self._handshakeTimer = None
@@ -154,9 +212,14 @@ class SecureSession:
                 ciphers = self.factory.controlDir.line("tlsserverciphers")
             except ControlError:
                 raise TLSSetupError(b"unable to read control/tlsserverciphers")
-        tls = self.factory.serverTLS(path)
-        tls.sslContext(ciphers or None)
-        return tls
+        try:
+            trust = self.factory.clientTrust()
+        except ControlError:
+            raise TLSSetupError(b"unable to read control/tlsclients")
+        creator = self.factory.serverTLS(path)
+        creator.sslContext(ciphers or None, trust)
+        self._trust = trust
+        return creator
 
     def _authOffered(self):
         return self.authPolicy is not None and (
@@ -180,10 +243,20 @@ class SecureSession:
         return None
 
     def proto(self):
-        """The C{with} word of the Received line: SMTP, ESMTPA, ESMTPS or ESMTPSA."""
-        if self.tlsActive:
-            return b"ESMTPSA" if self.authUser is not None else b"ESMTPS"
-        return b"ESMTPA" if self.authUser is not None else b"SMTP"
+        """
+        What follows C{with} in the Received line: SMTP or ESMTPA in plaintext; under TLS
+        qmail-tls's C{ESMTPS (<cipher> encrypted)}, C{ESMTPSA (...)} after AUTH (the user is
+        in the C{(user@IP)} part), and C{\n  (cert <email>)} after a relaying certificate.
+        """
+        if not self.tlsActive:
+            return b"ESMTPA" if self.authUser is not None else b"SMTP"
+        proto = b"ESMTPSA" if self.authUser is not None else b"ESMTPS"
+        if self.tls is not None and self.tls.cipher:
+            cipher = self.tls.cipher.encode("ascii", "replace")
+            proto += b" (" + cipher.translate(_COMMENT_SAFE) + b" encrypted)"
+        if self.certEmail is not None:
+            proto += b"\n  (cert " + self.certEmail.translate(_COMMENT_SAFE) + b")"
+        return proto
 
     # -- STARTTLS ------------------------------------------------------------
 
@@ -262,7 +335,8 @@ class SecureSession:
         env["SMTPAUTHUSER"] = text
         self.relayclient = b""
         self.authUser = user
-        log.event(f"smtp: auth ok {log.logsafe(user)} from {env.get('TCPREMOTEIP', 'unknown')}")
+        log.event(f"smtp: auth ok {log.logsafe(user)} from {env.get('TCPREMOTEIP', 'unknown')}"
+                  f"{self._tlsDetail()}")
         self.reply(smtpauth.AUTH_OK)
         self._unblock()
 

@@ -12,6 +12,14 @@ of pyOpenSSL's per record); the pyOpenSSL context remains for Twisted's own TLS
 (C{startTLS}, C{TLSMemoryBIOFactory}).  L{selfSignedPEM} makes the certificate that
 C{qmailtx init} installs.
 
+Client certificates (spec/smtp.md §8): while C{control/tlsclients} and C{control/clientca.pem}
+exist, L{ClientCertificates} gives a L{ClientTrust}, and contexts built for it ask every
+client for a certificate (C{CERT_OPTIONAL}: a client without one is served as before) and
+verify it against C{clientca.pem}, and against the CRLs of C{clientcrl.pem} if that exists.
+A certificate the CA does not vouch for (or one revoked) fails the handshake, as OpenSSL's
+C{SSL_VERIFY_PEER} does in qmail-tls.  All three files are looked at again at most once a
+second, so edits take effect without a restart, like the certificate's.
+
 Writes only in L{writeSelfSigned} (temp, fsync, rename); the PEM reaches the C{ssl} module
 through an anonymous memory file.  Must not import protocols.
 """
@@ -33,6 +41,12 @@ PEM_LIMIT = 1024 * 1024
 
 CONTEXT_CACHE_LIMIT = 16
 """Distinct cipher strings (from per-connection C{TLSCIPHERS}) kept with a built context."""
+
+CLIENT_RECHECK = 1.0
+"""Seconds a L{ClientTrust} serves new handshakes before its files are stat'ed again."""
+
+EMAIL_LIMIT = 1024
+"""Longest certificate email address considered (RFC 5321 paths are at most 256 bytes)."""
 
 DEFAULT_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
 """TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3 suites are all of that already)."""
@@ -96,10 +110,11 @@ def _noPassphrase(*args):
     return b""
 
 
-def buildSSLContext(pem, ciphers=None):
+def buildSSLContext(pem, ciphers=None, trust=None):
     """
     An C{ssl.SSLContext} serving the first key and the certificate chain in C{pem} (bytes),
-    with the policy of L{buildContext}; raises L{TLSSetupError} as it does.
+    with the policy of L{buildContext}; raises L{TLSSetupError} as it does.  With a
+    L{ClientTrust}, it also requests and verifies client certificates.
     """
     keys, certs = _pemBlocks(pem)
     if not keys or not certs:
@@ -120,6 +135,8 @@ def buildSSLContext(pem, ciphers=None):
         ctx.set_ciphers((ciphers or DEFAULT_CIPHERS).decode("ascii", "replace"))
     except ssl.SSLError:
         raise TLSSetupError(b"cipher list selects no cipher")
+    if trust is not None:
+        trust.apply(ctx)
     return ctx
 
 
@@ -171,39 +188,47 @@ class ServerTLS:
         self._contexts = {}
         self._sslContexts = {}
 
-    def _cached(self, kind, build, ciphers):
+    def _cached(self, kind, build, ciphers, trust=None):
         self._readIfChanged()
         cache = getattr(self, kind)
-        ctx = cache.get(ciphers)
+        key = (ciphers, None if trust is None else trust.contextKey)
+        ctx = cache.get(key)
         if ctx is None:
-            ctx = build(self._pem, ciphers)
+            if trust is None:
+                ctx = build(self._pem, ciphers)
+            else:
+                ctx = build(self._pem, ciphers, trust)
             if len(cache) >= CONTEXT_CACHE_LIMIT:
                 cache.clear()
-            cache[ciphers] = ctx
-        self._selected = ciphers
+            cache[key] = ctx
+        self._selected = (ciphers, trust)
         return ctx
 
     def context(self, ciphers=None):
         """
         The current pyOpenSSL C{SSL.Context} for C{ciphers} (bytes or C{None} for the
-        default), after re-reading the PEM if it changed; raises L{TLSSetupError}.
+        default), after re-reading the PEM if it changed; raises L{TLSSetupError}.  It never
+        asks for a client certificate.
         """
         return self._cached("_contexts", buildContext, ciphers)
 
-    def sslContext(self, ciphers=None):
-        """The current C{ssl.SSLContext} for C{ciphers}, as L{context} is for pyOpenSSL."""
-        return self._cached("_sslContexts", buildSSLContext, ciphers)
+    def sslContext(self, ciphers=None, trust=None):
+        """
+        The current C{ssl.SSLContext} for C{ciphers}, as L{context} is for pyOpenSSL; with a
+        L{ClientTrust}, one that requests and verifies client certificates by it.
+        """
+        return self._cached("_sslContexts", buildSSLContext, ciphers, trust)
 
     def serverObject(self, incoming, outgoing):
         """An C{ssl.SSLObject} for one connection over two C{ssl.MemoryBIO}s."""
-        ciphers, self._selected = self._selected, None
-        ctx = self.sslContext(ciphers)
+        selected, self._selected = self._selected, None
+        ctx = self.sslContext(*(selected or ()))
         self._selected = None
         return ctx.wrap_bio(incoming, outgoing, server_side=True)
 
     def serverConnectionForTLS(self, protocol):
-        ciphers, self._selected = self._selected, None
-        ctx = self.context(ciphers)
+        selected, self._selected = self._selected, None
+        ctx = self.context(selected[0] if selected else None)
         self._selected = None
         return SSL.Connection(ctx, None)
 
@@ -219,6 +244,117 @@ class ContextCache:
         if tls is None:
             tls = self._byPath[path] = ServerTLS(path)
         return tls
+
+
+def certificateEmails(peercert):
+    """
+    The email addresses of a verified certificate as C{ssl.SSLObject.getpeercert()} gives
+    it (a dict; empty when nothing was verified): subject C{emailAddress} first, then
+    C{rfc822Name} subjectAltNames, as bytes, in certificate order.
+    """
+    found = []
+    for rdn in peercert.get("subject", ()):
+        for name, value in rdn:
+            if name == "emailAddress":
+                found.append(value)
+    for kind, value in peercert.get("subjectAltName", ()):
+        if kind == "email":
+            found.append(value)
+    return [v.encode("utf-8", "surrogateescape") for v in found
+            if isinstance(v, str) and 0 < len(v) <= EMAIL_LIMIT]
+
+
+class ClientTrust:
+    """
+    One state of C{tlsclients}, C{clientca.pem} and C{clientcrl.pem}: what a context needs to
+    verify client certificates, and which verified addresses may relay.
+
+    @ivar caPath: C{clientca.pem} (str).
+    @ivar crlPath: C{clientcrl.pem} (str), or C{None} if it does not exist.
+    @ivar clients: the lowercased lines of C{tlsclients} (frozenset of bytes).
+    @ivar contextKey: what a context built for this trust depends on (paths and their stat
+        identities), so a changed CA or CRL file gets a new context.
+    """
+
+    def __init__(self, caPath, crlPath, clients, contextKey):
+        self.caPath = caPath
+        self.crlPath = crlPath
+        self.clients = clients
+        self.contextKey = contextKey
+
+    def apply(self, ctx):
+        """
+        Make C{ctx} (an C{ssl.SSLContext}) request and verify client certificates.  A CA or
+        CRL file that cannot be loaded is logged and the context asks for nothing, so a bad
+        edit stops certificate relaying but not STARTTLS.
+        """
+        try:
+            ctx.load_verify_locations(cafile=self.caPath)
+            if self.crlPath is not None:
+                ctx.load_verify_locations(cafile=self.crlPath)
+                ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        except (OSError, ssl.SSLError, ValueError) as e:
+            log.warning(f"tls: client certificates not requested: {self.caPath} or "
+                        f"{self.crlPath}: {e}")
+            return
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+
+    def relayEmail(self, peercert):
+        """The first address of C{peercert} listed in C{tlsclients} (any case), or C{None}."""
+        for email in certificateEmails(peercert):
+            if email.lower() in self.clients:
+                return email
+        return None
+
+
+def _statIdent(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+
+
+class ClientCertificates:
+    """
+    Whether, and by what, client certificates are checked now: the L{ClientTrust} of a
+    control directory, looked at again at most every L{CLIENT_RECHECK} seconds.
+
+    @ivar controls: a L{qmailtx.control.ControlDir}.
+    """
+
+    def __init__(self, controls, clock, recheck=CLIENT_RECHECK):
+        self.controls = controls
+        self.clock = clock
+        self.recheck = recheck
+        self._trust = None
+        self._checkedAt = None
+
+    def current(self):
+        """
+        The current L{ClientTrust}, or C{None} when C{tlsclients} or C{clientca.pem} is
+        missing; raises L{qmailtx.control.ControlError} if C{tlsclients} cannot be read.
+        """
+        now = self.clock.seconds()
+        if self._checkedAt is not None and now - self._checkedAt < self.recheck:
+            return self._trust
+        clients = self.controls.lowerSet("tlsclients")
+        trust = None
+        if clients is not None:
+            caPath = os.path.join(self.controls.path, "clientca.pem")
+            crlPath = os.path.join(self.controls.path, "clientcrl.pem")
+            caIdent, crlIdent = _statIdent(caPath), _statIdent(crlPath)
+            if caIdent is not None:
+                key = (caPath, caIdent, crlIdent)
+                old = self._trust
+                if old is not None and old.contextKey == key and old.clients == clients:
+                    trust = old
+                else:
+                    trust = ClientTrust(caPath, None if crlIdent is None else crlPath,
+                                        clients, key)
+        self._trust = trust
+        self._checkedAt = now
+        return trust
 
 
 def selfSignedPEM(hostname, now=None, days=3650):

@@ -16,6 +16,7 @@ Contexts come from L{qmailtx.tls.ServerTLS}.  Writes no files; must not import p
 """
 
 import ssl
+from dataclasses import dataclass, field
 
 from twisted.internet.interfaces import IHandshakeListener, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -30,6 +31,45 @@ READ_SIZE = 64 * 1024
 PENDING_LIMIT = 64 * 1024
 """Bytes an application may write before the handshake is done (a banner, an early reply);
 beyond it the connection is dropped rather than buffered without bound."""
+
+
+@dataclass(frozen=True)
+class TLSInfo:
+    """
+    What a finished handshake agreed on, for Received lines, logs and certificate relaying.
+
+    @ivar version: e.g. C{"TLSv1.3"}.
+    @ivar cipher: OpenSSL's name of the suite, e.g. C{"TLS_AES_256_GCM_SHA384"}.
+    @ivar peerCertificate: the client certificate as C{SSLObject.getpeercert()} gives it,
+        only if one was requested and verified; else empty.
+    """
+
+    version: str
+    cipher: str
+    peerCertificate: dict = field(default_factory=dict)
+
+
+def tlsInfo(transport):
+    """
+    The L{TLSInfo} of C{transport} once its handshake is done: a L{TLSServer}, or a
+    transport under Twisted's TLS (whose client certificates are never requested), or a
+    stand-in with a C{tlsInfo()} method.  C{None} if it cannot tell.
+    """
+    own = getattr(transport, "tlsInfo", None)
+    if own is not None:
+        return own()
+    getHandle = getattr(transport, "getHandle", None)
+    if getHandle is None:
+        return None
+    try:
+        handle = getHandle()
+        cipher = handle.get_cipher_name()
+        version = handle.get_protocol_version_name()
+    except Exception:
+        return None
+    if not cipher:
+        return None
+    return TLSInfo(version or "", cipher)
 
 
 def startTLS(protocol, creator):
@@ -257,8 +297,21 @@ class TLSServer(Protocol):
         return self.transport.getHost()
 
     def getPeerCertificate(self):
-        """No client certificate is ever asked for."""
+        """Twisted's form (a pyOpenSSL X509) is not kept; L{tlsInfo} has the certificate."""
         return None
+
+    def tlsInfo(self):
+        """The L{TLSInfo} of the finished handshake, or C{None} before (or without) one."""
+        if not self._handshakeDone:
+            return None
+        cipher = self._tls.cipher()
+        if cipher is None:
+            return None
+        try:
+            peer = self._tls.getpeercert() or {}
+        except (ssl.SSLError, ValueError):
+            peer = {}
+        return TLSInfo(self._tls.version() or "", cipher[0], peer)
 
     def registerProducer(self, producer, streaming):
         self._producer = producer

@@ -10,6 +10,7 @@ environment), so the assertions do not race the queue manager.
 import base64
 import glob
 import os
+import re
 import shutil
 import smtplib
 import socket
@@ -85,11 +86,15 @@ def kept(site, count=1, timeout=10):
 
 
 def test_starttls_login_relays(site):
-    """smtplib starttls()+login(): relaying allowed; Received shows (joe@IP) and ESMTPSA."""
+    """
+    smtplib starttls()+login(): relaying allowed; Received shows (joe@IP) and
+    'ESMTPSA (<the negotiated cipher> encrypted)'; the auth log line names version and cipher.
+    """
     with smtplib.SMTP("127.0.0.1", site.ports["smtp"]) as s:
         s.ehlo("client.example")
         assert s.has_extn("starttls") and not s.has_extn("auth")
         s.starttls(context=clientContext())
+        cipher, version, _ = s.sock.cipher()
         s.ehlo("client.example")
         assert not s.has_extn("starttls")
         assert set(s.esmtp_features["auth"].split()) == {"LOGIN", "PLAIN"}
@@ -97,10 +102,11 @@ def test_starttls_login_relays(site):
         s.sendmail("joe@mx.example.com", ["friend@far.example"], b"Subject: hi\r\n\r\nbody\r\n")
     (message, envelope, env), = kept(site)
     assert message.startswith(b"Received: from unknown (HELO client.example) "
-                              b"(joe@127.0.0.1)\n  by 127.0.0.1 with ESMTPSA; ")
+                              b"(joe@127.0.0.1)\n  by 127.0.0.1 with ESMTPSA (%s encrypted); "
+                              % cipher.encode())
     assert envelope == b"Fjoe@mx.example.com\0Tfriend@far.example\0\0"
     assert env[b"RELAYCLIENT"] == b"" and env[b"TCPREMOTEINFO"] == b"joe"
-    assert "smtp: auth ok joe from 127.0.0.1" in site.log()
+    assert f"smtp: auth ok joe from 127.0.0.1 ({version} {cipher})" in site.log()
 
 
 def test_relaying_refused_without_auth(site):
@@ -175,14 +181,18 @@ def test_submission_requires_auth(site):
 
 
 def test_smtps_login_and_send(site):
-    """SMTP_SSL on the smtps listener: TLS before the banner, AUTH PLAIN, relaying."""
+    """
+    SMTP_SSL on the smtps listener: TLS before the banner, AUTH PLAIN, relaying; the
+    Received PROTO names the cipher the client negotiated.
+    """
     with smtplib.SMTP_SSL("127.0.0.1", site.ports["smtps"], context=clientContext()) as s:
+        cipher = s.sock.cipher()[0]
         s.ehlo("x")
         assert not s.has_extn("starttls")
         s.login("joe", "secret")
         s.sendmail("joe@mx.example.com", ["x@far.example"], b"\r\nhi\r\n")
     (message, _, _), = kept(site)
-    assert b" with ESMTPSA; " in message.split(b"\n\n")[0]
+    assert b" with ESMTPSA (%s encrypted); " % cipher.encode() in message.split(b"\n\n")[0]
 
 
 def test_failed_auth_then_crash(site):
@@ -245,4 +255,5 @@ def test_swaks_interop(site, listener, how, auth):
     assert result.returncode == 0, result.stdout + result.stderr
     (message, envelope, env), = kept(site)
     assert envelope == b"Fjoe@mx.example.com\0Tx@far.example\0\0"
-    assert b"(HELO swaks.example) (joe@127.0.0.1)\n  by 127.0.0.1 with ESMTPSA; " in message
+    assert re.search(rb"\(HELO swaks\.example\) \(joe@127\.0\.0\.1\)\n  by 127\.0\.0\.1 "
+                     rb"with ESMTPSA \([A-Z0-9_-]+ encrypted\); ", message)
