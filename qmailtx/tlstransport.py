@@ -214,7 +214,8 @@ class TLSServer(Protocol):
         """A handshake or record error: send OpenSSL's alert, then close."""
         if self._closed:
             return
-        log.event(f"tls: {getattr(error, 'reason', None) or error}")
+        peer = getattr(self.transport.getPeer(), "host", "unknown")
+        log.event(f"tls: {getattr(error, 'reason', None) or error} from {peer}")
         self._reason = Failure(error)
         self._closed = True
         self._flush()
