@@ -248,6 +248,10 @@ class Queue:
         """Call C{observer(msgid)} on the reactor thread after each message reaches C{todo/}."""
         self._observers.append(observer)
 
+    def notifyQueued(self, msgid):
+        """C{todo/<msgid>} was made by another process of this daemon (a receiver)."""
+        self._notify(msgid)
+
     def _notify(self, msgid):
         for observer in list(self._observers):
             try:

@@ -226,8 +226,19 @@ def makeQmailService(config, reactor=None):
     top = service.MultiService()
     top.site = site
     addDelivery(site, top)
+    pool = None
+    if config.get("receivers"):
+        from qmailtx.receiver import ReceiverPool
+
+        pool = ReceiverPool(site, config, config["receivers"], reactor)
+        pool.setServiceParent(top)
     for kind, description in config["listeners"]:
         factory = LISTENERS[kind](site, config)
+        if pool is not None:
+            from qmailtx.receiver import HandOffFactory, handsOff
+
+            if handsOff(kind, description):
+                factory = HandOffFactory(pool, kind, factory)
         rulesPath = config["rules"].get(kind) or site.defaultRules(kind)
         wrapped = RulesFactory(
             factory,

@@ -46,6 +46,9 @@ class Options(usage.Options):
          "SMTP AUTH (split like a shell would), e.g. '/usr/bin/checkpassword-pam -s pop3'"],
         ["maildirname", None, "Maildir", "The maildir POP3 serves, relative to $HOME."],
         ["qmqpport", None, 628, "With --nullclient: the QMQP servers' port.", int],
+        ["receivers", None, 0, "Run SMTP/QMTP/QMQP sessions in this many receiver processes "
+         "(0: in the daemon's own process); the daemon keeps accepting, rules and limits.",
+         int],
     ]
 
     optFlags = [
@@ -108,6 +111,8 @@ class Options(usage.Options):
         self["maxperip"][name] = n
 
     def postOptions(self):
+        if self["receivers"] < 0:
+            raise usage.UsageError("--receivers takes a count (0 or more)")
         if any(k in ("submission", "smtps") for k, _ in self["listeners"]) and \
                 not self["checkpassword"]:
             raise usage.UsageError("--submission/--smtps need --checkpassword PROGRAM")

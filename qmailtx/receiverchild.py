@@ -1,0 +1,182 @@
+"""
+One receiver process (C{qmailtx receiver}, started by L{qmailtx.receiver.ReceiverPool}): it
+runs the SMTP, QMTP and QMQP sessions of the connections the daemon hands it, each with the
+environment the daemon's rules layer built, and queues their messages with a queue writer
+of its own.  It listens on nothing and reads no rules: admission stays with the daemon.
+
+It ends when the daemon closes the channel (or on SIGTERM).  Writes C{pid/ mess/ intd/
+todo/} through L{qmailtx.queue.Queue} only.  Must not import send or delivery modules.
+"""
+
+import json
+import socket
+import sys
+
+from twisted.internet.protocol import Factory
+
+from qmailtx.receiver import Channel
+from qmailtx.smtpauth import AuthThrottle
+
+
+class SharedAuthThrottle(AuthThrottle):
+    """The AUTH throttle of a receiver: its failures are told to the daemon, others' heard."""
+
+    report = None
+
+    def failed(self, ip, connectionFailures):
+        delay = AuthThrottle.failed(self, ip, connectionFailures)
+        if self.report is not None:
+            self.report(ip)
+        return delay
+
+    def heard(self, ip):
+        AuthThrottle.failed(self, ip, 0)
+
+
+def _reportingClass(cls, cache, closed):
+    """C{cls} whose C{connectionLost} also tells the daemon (by the instance's channel id)."""
+    counted = cache.get(cls)
+    if counted is None:
+        def connectionLost(self, reason):
+            try:
+                cls.connectionLost(self, reason)
+            finally:
+                closed(self.receiverConnection)
+        counted = cache[cls] = type(cls.__name__, (cls,), {
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "connectionLost": connectionLost})
+    return counted
+
+
+class _Adopting(Factory):
+    """The factory C{adoptStreamConnection} calls: builds the listener's protocol with its env."""
+
+    def __init__(self, inner, env, number, cache, closed):
+        self.inner = inner
+        self.env = env
+        self.number = number
+        self.cache = cache
+        self.closed = closed
+
+    def buildProtocol(self, addr):
+        protocol = self.inner.buildProtocol(addr)
+        if protocol is None:
+            return None
+        protocol.__class__ = _reportingClass(type(protocol), self.cache, self.closed)
+        protocol.env = self.env
+        protocol.receiverConnection = self.number
+        return protocol
+
+
+class Receiver:
+    """The sessions of one receiver process, fed by the channel from the daemon."""
+
+    def __init__(self, reactor, sock, factories, throttle=None):
+        self.reactor = reactor
+        self.factories = factories
+        self.throttle = throttle
+        self.protocols = {}
+        self._classes = {}
+        self.channel = Channel(sock, reactor, self.packet, self.channelClosed)
+        if throttle is not None:
+            throttle.report = lambda ip: self.channel.send(b"A" + ip.encode("ascii", "replace"))
+
+    def queued(self, msgid):
+        self.channel.send(b"Q%d" % msgid)
+
+    def closed(self, number):
+        self.protocols.pop(number, None)
+        self.channel.send(b"X%d" % number)
+
+    def packet(self, packet, fds):
+        kind, body = packet[:1], packet[1:]
+        if kind == b"C":
+            self._adopt(json.loads(body.decode("utf-8", "surrogateescape")), fds)
+        elif kind == b"E":
+            number, _, data = body.partition(b" ")
+            protocol = self.protocols.get(int(number))
+            if protocol is not None and protocol.connected:
+                protocol.dataReceived(data)
+        elif kind == b"A" and self.throttle is not None:
+            self.throttle.heard(body.decode("ascii", "replace"))
+
+    def _adopt(self, request, fds):
+        number = request["id"]
+        factory = self.factories.get(request["kind"])
+        if not fds or factory is None:
+            self.channel.send(b"X%d" % number)
+            return
+        env = {str(k): str(v) for k, v in request["env"].items()}
+        adopting = _Adopting(factory, env, number, self._classes, self.closed)
+        try:
+            transport = self.reactor.adoptStreamConnection(fds[0], request["family"], adopting)
+        except Exception as e:
+            sys.stderr.write(f"unable to take connection {number}: {e}\n")
+            self.channel.send(b"X%d" % number)
+            return
+        protocol = getattr(transport, "protocol", None)
+        if protocol is None or not hasattr(protocol, "receiverConnection"):
+            self.channel.send(b"X%d" % number)
+            return
+        self.protocols[number] = protocol
+
+    def channelClosed(self):
+        """The daemon is gone or stopping: finish by ending the reactor."""
+        if self.reactor.running:
+            self.reactor.stop()
+
+
+def run(config, fd, reactor=None):
+    """Build the listeners' factories as the daemon would and serve the channel on C{fd}."""
+    if reactor is None:
+        from twisted.internet import reactor
+    from twisted.logger import formatEvent, globalLogBeginner
+
+    from qmailtx.service import LISTENERS, Site
+
+    def observer(event):
+        text = formatEvent(event)
+        if text:
+            sys.stderr.write(text.replace("\n", " ") + "\n")
+            sys.stderr.flush()
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+    site = Site(config["root"], reactor)
+    if config.get("nullclient"):
+        from qmailtx.nullclient import QmqpQueue
+        site.listenerQueue = QmqpQueue(site.controls, reactor, port=config["qmqpport"])
+    throttle = SharedAuthThrottle(reactor)
+    site.smtpAuthThrottle = throttle
+    from qmailtx.tls import ContextCache
+    site.smtpTLS = ContextCache()
+    factories = {kind: LISTENERS[kind](site, config) for kind in config["listeners"]}
+    sock = socket.socket(fileno=fd)
+    receiver = Receiver(reactor, sock, factories, throttle)
+    site.queue.addObserver(receiver.queued)
+    for factory in factories.values():
+        factory.noisy = False
+        factory.doStart()
+    receiver.channel.send(b"R")
+    reactor.run()
+    for factory in factories.values():
+        factory.doStop()
+    return 0
+
+
+def main(argv):
+    """C{qmailtx receiver --fdsock N --config JSON} (started by the daemon, not by hand)."""
+    fd, config = None, None
+    args = list(argv[1:])
+    while args:
+        flag = args.pop(0)
+        if flag == "--fdsock" and args:
+            fd = int(args.pop(0))
+        elif flag == "--config" and args:
+            config = json.loads(args.pop(0))
+        else:
+            break
+    if fd is None or config is None:
+        sys.stderr.write("receiver: usage: qmailtx receiver --fdsock N --config JSON "
+                         "(started by twistd qmail)\n")
+        return 100
+    return run(config, fd)
