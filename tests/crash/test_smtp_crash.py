@@ -6,9 +6,13 @@ leaves no half-written message where qmail-send would take it.
 
 import glob
 import os
+import re
+import signal
 import smtplib
 import threading
 import time
+
+import pytest
 
 from qmailtx.envelope import parseRecords
 from tests.service.daemon import Daemon
@@ -61,13 +65,27 @@ def tokenOf(data):
     return None
 
 
-def test_killUnderLoad(qmailRoot):
+def receiverPids(daemon, count, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = re.findall(r"receiver \d+: ready, pid (\d+)", daemon.log())
+        if len(pids) >= count:
+            return [int(p) for p in pids]
+        time.sleep(0.05)
+    raise AssertionError("receivers not ready: " + daemon.log()[-2000:])
+
+
+@pytest.mark.parametrize("receivers", [0, 2])
+def test_killUnderLoad(qmailRoot, receivers):
     """
-    Kills the daemon with SIGKILL while 20 clients send, restarts it, and shows every message
-    that got 250 is in the queue intact and no half-written message is in todo/.
+    Kills the daemon with SIGKILL while 20 clients send (and, with --receivers, its receiver
+    processes first, so they die mid-session rather than seeing the daemon go), restarts
+    it, and shows every message that got 250 is in the queue intact and no half-written
+    message is in todo/.
     """
     root = str(qmailRoot)
-    daemon = Daemon(root).start()
+    daemon = Daemon(root, extra=["--receivers", str(receivers)]).start()
+    pids = receiverPids(daemon, receivers) if receivers else []
     stop = threading.Event()
     accepted = []
     threads = [threading.Thread(target=client, args=(daemon.port, i, stop, accepted), daemon=True)
@@ -78,6 +96,8 @@ def test_killUnderLoad(qmailRoot):
         deadline = time.monotonic() + 20
         while len(accepted) < 100 and time.monotonic() < deadline:
             time.sleep(0.05)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
         daemon.kill()
     finally:
         stop.set()
