@@ -259,7 +259,7 @@ class Queue:
             except Exception:
                 _log.failure("queue observer failed")
 
-    def begin(self, how, eager=False):
+    def begin(self, how, eager=False, uid=None):
         """
         Start a message: allocate its qp and write the Received line (into memory).
 
@@ -269,10 +269,14 @@ class Queue:
         before its end then costs no file at all.  Trouble surfaces as the commit's failure.
         C{eager} makes the files at once, as the C{qmail-queue} command must (its exit code
         tells which step failed); then begin() raises L{TempFailure} on trouble.
+        C{uid} is the injecting user for the C{todo/} C{u} record (default this process's
+        uid; the queue socket passes its client's).
         """
         qp = next(self._qps)
         now = self._seconds()
         writer = QueueWriter(self, qp, int(now))
+        if uid is not None:
+            writer.uid = uid
         if eager:
             try:
                 writer._ensureFile()
@@ -458,6 +462,7 @@ class QueueWriter:
 
     def __init__(self, queue, qp, born):
         self._queue = queue
+        self.uid = queue._uid
         self.qp = qp
         self._born = born
         self.msgid = None
@@ -502,7 +507,7 @@ class QueueWriter:
         if self._state != "open":
             raise _failureFor(81)
         try:
-            todo = encodeTodo(self._queue._uid, self.qp, sender, recipients)
+            todo = encodeTodo(self.uid, self.qp, sender, recipients)
         except EnvelopeError as e:
             self._state = "failed"
             self._closeAndCleanup()
