@@ -108,6 +108,7 @@ def createRoot(root, me=None):
     writeSelfSigned(os.path.join(control, "servercert.pem"), me)
     createLayout(os.path.join(root, "queue"))
     os.mkdir(os.path.join(root, "users"), 0o755)
+    os.mkdir(os.path.join(root, "public"), 0o755)  # the queue socket (qmailtx.queuesocket)
     alias = os.path.join(root, "alias")
     os.mkdir(alias, 0o2755)
     for sub in ("Maildir", "Maildir/tmp", "Maildir/new", "Maildir/cur"):

@@ -188,6 +188,8 @@ def addDelivery(site, top):
     sender.setServiceParent(top)
     site.queue.spares = sender.spares
     ControlService(site.root, sender, site.reactor).setServiceParent(top)
+    from qmailtx.queuesocket import QueueSocketService
+    QueueSocketService(site.root, site.queue, site.reactor).setServiceParent(top)
     top.sender = sender
 
 
