@@ -39,9 +39,12 @@ def clientContext():
     return ctx
 
 
-@pytest.fixture
-def site(qmailRoot, tmp_path):
-    """Rules, checker and queue keeper for a daemon with smtp, submission and smtps."""
+@pytest.fixture(params=[0, 1], ids=["daemon", "receiver"])
+def site(qmailRoot, tmp_path, request):
+    """
+    Rules, checker and queue keeper for a daemon with smtp, submission and smtps; every test
+    runs twice, with the sessions in the daemon and in a receiver process (--receivers 1).
+    """
     kept = tmp_path / "kept"
     kept.mkdir()
     keeper = tmp_path / "keeper"
@@ -58,9 +61,15 @@ def site(qmailRoot, tmp_path):
     daemon = Daemon(qmailRoot, listeners=("smtp", "submission", "smtps"),
                     extra=["--checkpassword", checker, "--rules", f"smtp={rules}",
                            "--rules", f"submission={submission}",
-                           "--rules", f"smtps={submission}"])
+                           "--rules", f"smtps={submission}",
+                           "--receivers", str(request.param)])
     daemon.kept = kept
     daemon.start()
+    if request.param:
+        deadline = time.monotonic() + 20
+        while "receiver 1: ready" not in daemon.log():
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.05)
     yield daemon
     daemon.stop()
 
