@@ -3,6 +3,7 @@ Start a real C{twistd -n qmail} on 127.0.0.1 for service, crash and bench tests.
 
 The daemon runs from the repository (PYTHONPATH) so twistd finds our plugin without an
 install; its log goes to a file in the root's parent so a failing test keeps it.
+L{SystemDaemon} runs it under an interpreter (and optionally a uid) of the test's choosing.
 """
 
 import os
@@ -12,8 +13,23 @@ import subprocess
 import sys
 import time
 
+from tests.service import pythonpath
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+TWISTD_MAIN = "from twisted.scripts.twistd import run; run()"
+"""twistd's entry point for C{python -c}, so no script file need be readable."""
+
+
+def twistdCommand(python=None):
+    """
+    argv that starts twistd: the script beside our interpreter, else twistd's entry point
+    run by C{python} (our interpreter by default), as for a system Python that gets its
+    packages from PYTHONPATH and has no twistd script of its own.
+    """
+    if python is None and os.path.exists(TWISTD):
+        return [TWISTD]
+    return [python or sys.executable, "-c", TWISTD_MAIN]
 
 
 def freePort(host="127.0.0.1"):
@@ -66,8 +82,11 @@ class Daemon:
     def port(self):
         return self.ports["smtp"]
 
+    def twistd(self):
+        return twistdCommand()
+
     def command(self):
-        cmd = [TWISTD, "-n", "--pidfile=", "qmail", "--root", self.root]
+        cmd = self.twistd() + ["-n", "--pidfile=", "qmail", "--root", self.root]
         for name, port in self.ports.items():
             cmd += [f"--{name}", f"tcp:{port}:interface={self.host}"]
         return cmd + self.extra
@@ -107,3 +126,37 @@ class Daemon:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class SystemDaemon(Daemon):
+    """
+    twistd run by C{python} with the repository and our site-packages on PYTHONPATH (see
+    L{pythonpath}), as root or, given C{user=(uid, gid)}, as that user: its delivery workers
+    and their forwards exec the same interpreter, so it must be one the mailbox owners can run.
+    """
+
+    def __init__(self, root, python, user=None, **kwargs):
+        Daemon.__init__(self, root, **kwargs)
+        self.python = python
+        self.user = user
+
+    def twistd(self):
+        return twistdCommand(self.python)
+
+    def start(self, wait=True):
+        env = pythonpath.environ(base=os.environ if self.env is None else self.env)
+        resolvConf = loopbackResolvConf(os.path.dirname(self.root))
+        env.setdefault("QMAILTX_RESOLV_CONF", resolvConf)
+        self._log = open(self.logPath, "ab")
+        credentials = {}
+        if self.user is not None:
+            env["QMAILTX_RESOLV_CONF"] = resolvConf  # the suite's may be in a root-only dir
+            os.chown(self.logPath, *self.user)
+            credentials = dict(user=self.user[0], group=self.user[1], extra_groups=[])
+        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
+                                        env=env, cwd=os.path.dirname(self.root) or ".",
+                                        **credentials)
+        if wait:
+            for port in self.ports.values():
+                waitForPort(port, self.host, process=self.process)
+        return self

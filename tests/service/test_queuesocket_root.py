@@ -8,67 +8,22 @@ socket's peer credentials.
 
 The venv's interpreter lives under /root (mode 700) here, so no other uid can exec it: the
 daemon runs under a system Python of the same version (with the venv's site-packages and the
-repository on PYTHONPATH), whose path its delivery workers and their forwards then exec.
-Skipped when no such interpreter can run as the throwaway user.
+repository on PYTHONPATH; L{tests.service.pythonpath}), whose path its delivery workers and
+their forwards then exec.  Skipped when no such interpreter can run as the throwaway user.
 """
 
 import os
 import re
 import subprocess
-import sys
-import sysconfig
 import tempfile
 
 import pytest
 
-from tests.service import daemon as helper
+from tests.service import pythonpath
+from tests.service.daemon import SystemDaemon
 from tests.service.test_delivery import ME, MailUser, Setup
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the daemon as root and a second uid")
-
-
-def candidatePythons():
-    yield sys.executable
-    version = "%d.%d" % sys.version_info[:2]
-    for path in ("/usr/bin/python" + version, "/usr/local/bin/python" + version):
-        if os.path.exists(path):
-            yield path
-
-
-def pythonPath():
-    return os.pathsep.join([helper.REPO, sysconfig.get_paths()["purelib"]])
-
-
-def userPython(user):
-    """An interpreter the mail user can run with Twisted and qmailtx importable, or C{None}."""
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonPath()}
-    for python in candidatePythons():
-        try:
-            probe = subprocess.run([python, "-c", "import twisted, qmailtx.scripts.queue"],
-                                   user=user.uid, group=user.gid, extra_groups=[], env=env,
-                                   capture_output=True, cwd=user.base, timeout=60)
-        except OSError:
-            continue
-        if probe.returncode == 0:
-            return python
-    return None
-
-
-class SystemDaemon(helper.Daemon):
-    """twistd run as root by C{python}, so workers (and forwards) exec an interpreter users can run."""
-
-    def __init__(self, root, python):
-        helper.Daemon.__init__(self, root)
-        self.python = python
-
-    def command(self):
-        return [self.python, helper.TWISTD] + helper.Daemon.command(self)[1:]
-
-    def start(self, wait=True):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = pythonPath()
-        self.env = env
-        return helper.Daemon.start(self, wait)
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +35,7 @@ def user():
 
 @pytest.fixture
 def site(user):
-    python = userPython(user)
-    if python is None:
-        pytest.skip("no Python with Twisted that an ordinary uid can run here")
+    python = pythonpath.requireUserPython(user.uid, user.gid)
     s = Setup(user, tempfile.mkdtemp(dir=user.base))
     s.python = python
     s.dotqmail(".qmail-fwd", b"&joe-box@" + ME.encode() + b"\n")
@@ -111,7 +64,7 @@ def test_forwardAsOwnerGoesThroughTheSocket(site, user):
 
 
 def runAsUser(site, user, args, stdin, extraEnv=None):
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonPath(), **(extraEnv or {})}
+    env = pythonpath.environ(extraEnv)
     return subprocess.run([site.python, "-m", "qmailtx.scripts.main"] + args, input=stdin,
                           user=user.uid, group=user.gid, extra_groups=[], env=env,
                           cwd=user.base, capture_output=True, timeout=60)
@@ -127,7 +80,7 @@ def test_usersQueueAndInjectUseTheirUid(site, user):
         queued = subprocess.run(
             [site.python, "-m", "qmailtx.scripts.main", "queue", "--root", site.root],
             input=b"Subject: by queue\n\nq\n", stdout=readFd, user=user.uid, group=user.gid,
-            extra_groups=[], env={"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonPath()},
+            extra_groups=[], env=pythonpath.environ(),
             cwd=user.base, timeout=60)
     finally:
         os.close(readFd)
