@@ -4,7 +4,10 @@ running as the mailbox owner, into maildirs; bounces back to the sender's mailbo
 
 As root the daemon delivers as a throwaway user (useradd, removed afterwards), and one
 test runs the whole daemon as that user (virtual mode: forwards, and an assignment to
-another uid deferred).  Run unprivileged, the daemon and the mailboxes share our uid.
+another uid deferred).  Run unprivileged, the daemon and the mailboxes share our uid; as
+root, one test makes that run too, running this module again as the throwaway user.  Both
+use an interpreter that user can exec (L{tests.service.pythonpath}); the test's own may
+live where only root can reach it.
 """
 
 import os
@@ -13,7 +16,6 @@ import re
 import shutil
 import smtplib
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -22,7 +24,8 @@ import pytest
 from qmailtx.cdbfile import buildCdb
 from qmailtx.rootdir import createRoot
 from qmailtx.users import assignRecords
-from tests.service.daemon import Daemon
+from tests.service import pythonpath
+from tests.service.daemon import Daemon, SystemDaemon
 
 ME = "mx.example.com"
 WAIT = 20.0
@@ -272,61 +275,60 @@ def test_rootOwnedAliasDefers(site):
     site.logLine(r"deferral: Not_allowed_to_perform_deliveries_as_root./")
 
 
-def runsAs(user):
-    """Can the mail user run this interpreter with Twisted (not so if it lives under /root)?"""
-    try:
-        probe = subprocess.run([sys.executable, "-c", "import twisted"], user=user.uid,
-                               group=user.gid, extra_groups=[], capture_output=True,
-                               cwd=user.base, timeout=60)
-    except OSError:
-        return False
-    return probe.returncode == 0
-
-
-class UserDaemon(Daemon):
-    """twistd started as the mail user (virtual mode)."""
-
-    def __init__(self, root, user):
-        Daemon.__init__(self, root)
-        self.user = user
-
-    def start(self, wait=True):
-        import subprocess as sp
-        from tests.service import daemon as helper
-
-        env = dict(os.environ)
-        env["PYTHONPATH"] = helper.REPO + os.pathsep + env.get("PYTHONPATH", "")
-        self._log = open(self.logPath, "ab")
-        os.chown(self.logPath, self.user.uid, self.user.gid)
-        self.process = sp.Popen(self.command(), stdout=self._log, stderr=sp.STDOUT, env=env,
-                                cwd=os.path.dirname(self.root), user=self.user.uid,
-                                group=self.user.gid, extra_groups=[])
-        if wait:
-            for port in self.ports.values():
-                helper.waitForPort(port, self.host, process=self.process)
-        return self
+def uidOf(pid):
+    """The real uid of process C{pid}, from /proc."""
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Uid:"):
+                return int(line.split()[1])
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the unprivileged run is the whole suite then")
 def test_virtualModeForwardAndForeignUid(user):
     """Run as an ordinary user: forwards are injected and delivered; another uid is deferred."""
-    if not runsAs(user):
-        pytest.skip(f"{sys.executable} with Twisted cannot run as an ordinary user here")
+    python = pythonpath.requireUserPython(user.uid, user.gid)
     base = tempfile.mkdtemp(dir=user.base)
     site = Setup(user, base, owner=(user.uid, user.gid))
     site.dotqmail(".qmail-fwd", b"&joe-box@" + ME.encode() + b"\n")
     site.dotqmail(".qmail-box", b"./Maildir/\n")
     with open(os.path.join(site.root, "users", "assign"), "wb"):
         pass
-    site.start(UserDaemon(site.root, user))
+    os.chown(os.path.join(site.root, "alias"), 65534, 65534)
+    site.start(SystemDaemon(site.root, python, user=(user.uid, user.gid)))
     try:
-        site.send("someone@example.org", ["joe-fwd@" + ME, "nobody-at-all@" + ME])
+        assert uidOf(site.daemon.process.pid) == user.uid
+        site.send("someone@example.org", ["joe-fwd@" + ME])
         [mail] = site.mails()
         assert b"Delivered-To: joe-box@" + ME.encode() + b"\n" in mail
         assert b"Delivered-To: joe-fwd@" + ME.encode() + b"\n" in mail
+        assert re.search(rb"\nReceived: \(qmail \d+ invoked by uid %d\); " % user.uid, mail)
         site.logLine(r"success: did_0\+1\+0/qp_\d+/")
-        os.chown(os.path.join(site.root, "alias"), 65534, 65534)
         site.send("someone@example.org", ["postmaster@" + ME])
-        site.logLine(r"deferral: Unable_to_deliver_as_uid_65534:_qmailtx_runs_as_uid_\d+,_not_root")
+        site.logLine(r"deferral: Unable_to_deliver_as_uid_65534:_qmailtx_runs_as_uid_%d,_not_root"
+                     % user.uid)
     finally:
         site.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="this is the ordinary user's run")
+def test_ordinaryUserRun(user):
+    """
+    As root, this module is also run by pytest as the throwaway user, as an unprivileged suite
+    would run it: daemon, workers and mailboxes all under that one uid, every delivery case
+    above passing there too (root-only cases skip).
+    """
+    python = pythonpath.requireUserPython(user.uid, user.gid)
+    home = tempfile.mkdtemp(dir=user.base)
+    user.own(home)
+    env = pythonpath.environ({"HOME": home, "TMPDIR": home})
+    run = subprocess.run(
+        [python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", os.path.abspath(__file__)],
+        user=user.uid, group=user.gid, extra_groups=[], env=env, cwd=pythonpath.REPO,
+        capture_output=True, timeout=600)
+    out = (run.stdout + run.stderr).decode("utf-8", "replace")
+    assert run.returncode == 0, out[-4000:]
+    tests = {name: f for name, f in globals().items() if name.startswith("test_")}
+    rootOnly = [name for name, f in tests.items()
+                if any(m.name == "skipif" for m in getattr(f, "pytestmark", []))]
+    expected = "%d passed, %d skipped" % (len(tests) - len(rootOnly), len(rootOnly))
+    assert expected in run.stdout.decode().strip().splitlines()[-1], out[-4000:]
