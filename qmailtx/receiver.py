@@ -352,9 +352,12 @@ class _HandedOff(Protocol):
         transport.protocol = _Detached()
         if handedOff:
             # The receiver has its own descriptor now: close ours without shutdown(2),
-            # which would end the connection for it too.
+            # which would end the connection for it too.  Keep nothing of it: an idle
+            # connection must cost the daemon only this small record.
             transport._shouldShutdown = False
             transport.loseConnection()
+            self.transport = None
+            self.__dict__.pop("env", None)
         else:
             log.warning(f"{self.kind}: no receiver could take a connection; dropped")
             transport.abortConnection()
