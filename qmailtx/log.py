@@ -39,3 +39,35 @@ def newMessage(msgid):
 
 def infoMessage(msgid, size, sender, qp, uid):
     event(f"info msg {msgid}: bytes {size} from <{logsafe(sender)}> qp {qp} uid {uid}")
+
+
+class MultilogObserver:
+    """
+    Log lines as qmail's programs write them, for multilog (or svlogd, s6-log) to stamp:
+    one bare line per event on standard output, no timestamp or system prefix.  Run as
+    C{twistd -n --logger qmailtx.log.multilog qmail ...} under a supervisor whose log
+    service adds the time.  qmail lines are written as they are (no formatting pass);
+    other events, warnings and tracebacks included, as Twisted formats them, on one line.
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __call__(self, event):
+        text = event.get("qmail")
+        if text is None or event.get("log_format") != "{qmail}":
+            from twisted.logger import eventAsText
+
+            text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+            if not text:
+                return
+            text = text.replace("\n", " / ")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def multilog():
+    """twistd's C{--logger} factory for L{MultilogObserver} on standard output."""
+    import sys
+
+    return MultilogObserver(sys.stdout)
