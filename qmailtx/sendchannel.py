@@ -65,6 +65,8 @@ class MessageJob:
         self.birth = message.birth
         self.sender = message.sender
         self.bounce = message.bounce
+        self.known = message.known
+        self.kinds = tuple(message.channels)
         self.messPath = sendqueue.path(queueDir, "mess", message.msgid)
         self.channels = {}
         for kind, (nextTime, records) in message.channels.items():

@@ -73,7 +73,7 @@ class Completion:
         if job.bounce:
             self._injectBounce(job)
         else:
-            self._finish(job.msgid)
+            self._finish(job)
 
     def _injectBounce(self, job):
         self._busyOps += 1
@@ -92,13 +92,13 @@ class Completion:
     def _cbBounceRead(self, read, job):
         text, original = read
         if text is None:
-            return self._finish(job.msgid)
+            return self._finish(job)
         sender = cutVerp(job.sender)
         envelope = bounceEnvelope(sender, self.config.doublebounceto,
                                   self.config.doublebouncehost)
         if envelope is None:
             log.event(f"triple bounce: discarding bounce/{job.msgid}")
-            return self._finish(job.msgid)
+            return self._finish(job)
         bounceSender, recipient = envelope
         try:
             writer = self.queue.begin(b"for bounce")
@@ -111,7 +111,7 @@ class Completion:
 
         def committed(_):
             log.event(f"bounce msg {job.msgid} qp {writer.qp}")
-            self._finish(job.msgid)
+            self._finish(job)
         return d.addCallback(committed)
 
     def _ebBounce(self, failure, job):
@@ -121,9 +121,14 @@ class Completion:
         if not self.stopping:
             self.reactor.callLater(BOUNCE_RETRY, self._injectBounce, job)
 
-    def _finish(self, msgid):
-        log.event(f"end msg {msgid}")
-        self._finishing.append(msgid)
+    def _finish(self, job):
+        log.event(f"end msg {job.msgid}")
+        if job.known:
+            kinds = () if job.bounce else job.kinds
+            item = sendqueue.finishing(job.msgid, kinds, job.bounce, intd=False)
+        else:
+            item = sendqueue.finishing(job.msgid)
+        self._finishing.append(item)
         self._finishMore()
 
     def _finishMore(self):
@@ -140,8 +145,8 @@ class Completion:
         if isinstance(troubles, list):
             for msgid, error in troubles:
                 log.warning(f"unable to remove msg {msgid}: {error}")
-        for msgid in batch:
-            self._cleaning.pop(msgid, None)
+        for item in batch:
+            self._cleaning.pop(item[0], None)
         self._finishMore()
         self._preprocessMore()
 

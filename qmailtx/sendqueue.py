@@ -25,6 +25,10 @@ CLEANUP_AGE = 129600
 """36 hours: a C{mess/} file (by atime) or C{pid/} file this old, with no C{info}/C{todo},
 is left over from a crashed injection."""
 
+FINISH_RESERVE = 512
+"""Places in the spare pool that finishing (in a thread, where an unlink may wait) leaves
+for the C{todo/} files removed on the reactor thread: each message gives one more file than
+it takes, so a full pool would otherwise make the reactor unlink."""
 READ_LIMIT = 64 * 1024 * 1024
 """Largest C{todo/}, C{info/}, channel or C{bounce/} file read (a message's envelope)."""
 
@@ -62,6 +66,9 @@ class QueuedMessage:
     size: int = 0
     qp: bytes = b"?"
     uid: bytes = b"?"
+    known: bool = False
+    """Preprocessed by this process: its channel files are the ones in C{channels} and its
+    C{intd/} is gone, so finishing need not try the others."""
 
 
 def path(queueDir, kind, msgid):
@@ -72,28 +79,52 @@ def path(queueDir, kind, msgid):
 
 
 def _read(name):
-    with open(name, "rb") as f:
-        return f.read(READ_LIMIT)
+    """
+    The first L{READ_LIMIT} bytes of C{name}.  Sized by C{fstat}: a buffered C{read(limit)}
+    would map and shrink a buffer of the whole limit for every small envelope.
+    """
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        want = min(os.fstat(fd).st_size, READ_LIMIT)
+        chunks = []
+        while want > 0:
+            chunk = os.read(fd, want)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            want -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
-def _remove(name, spares):
+def _remove(name, spares, reserve=0):
     """Take C{name} out of the queue: into C{spares} when it has room, else unlink it."""
-    if spares is None or not spares.give(name):
+    if spares is None or not spares.give(name, reserve):
         _unlink(name)
 
 
 def _writeNew(name, data, opened, spares=None):
     """
-    Create C{name} with C{data} (from a spare file when C{spares} has one); its fd is
-    appended to C{opened} (synced by the caller).
+    Create C{name} with C{data}, replacing a stale file of that name (from a spare file
+    when C{spares} has one: rewritten in place and cut to length); its fd is appended to
+    C{opened} (synced by the caller).
     """
-    fd = spares.take(name) if spares is not None else None
+    fd = spares.take(name, truncate=False) if spares is not None else None
+    recycled = fd is not None
     if fd is None:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, 0o600)
+        except FileExistsError:
+            _unlink(name)
+            fd = os.open(name, flags, 0o600)
     opened.append(fd)
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+    if recycled:
+        os.ftruncate(fd, len(data))
     return os.fstat(fd).st_mtime
 
 
@@ -144,13 +175,26 @@ def preprocess(queueDir, msgid, rewrite):
     return result
 
 
+def _removeStale(name):
+    """
+    Unlink a channel file left by an earlier, crashed preprocessing.  It almost never
+    exists; a failing C{unlink} takes the directory's lock, a C{stat} does not.  Only this
+    thread writes these names, so the answer cannot change in between.
+    """
+    try:
+        os.lstat(name)
+    except FileNotFoundError:
+        return
+    _unlink(name)
+
+
 def _stage(queueDir, msgid, rewrite, opened, spares):
     """Steps 1–3 of preprocessing: the new files written (not yet synced), todo kept."""
     try:
         data = _read(path(queueDir, "todo", msgid))
     except FileNotFoundError:
         return None
-    message = QueuedMessage(msgid, 0, b"")
+    message = QueuedMessage(msgid, 0, b"", known=True)
     targets = {LOCAL: [], REMOTE: []}
     for letter, value in parseRecords(data):
         if letter == b"u":
@@ -164,8 +208,9 @@ def _stage(queueDir, msgid, rewrite, opened, spares):
             targets[kind].append(address)
         else:
             raise UnknownRecord(msgid)
-    for kind in ("info",) + CHANNELS:
-        _unlink(path(queueDir, kind, msgid))
+    for kind in CHANNELS:
+        if not targets[kind]:
+            _removeStale(path(queueDir, kind, msgid))
     message.birth = _writeNew(path(queueDir, "info", msgid), b"F" + message.sender + b"\0",
                               opened, spares)
     for kind in CHANNELS:
@@ -342,26 +387,42 @@ def readForBounce(queueDir, msgid):
         return text, f.read()
 
 
-def finishMessages(queueDir, msgids, spares=None):
+def finishMessages(queueDir, messages, spares=None):
     """
     Remove finished messages in qmail's order: channel files, C{bounce}, C{info}, any
     C{intd}, and C{mess} last: once C{mess} is gone its inode, hence the id, may belong to
     a new message at once, so nothing may be removed by that name afterwards (a crash in
     between leaves a C{mess} for the 36 h cleanup).  Channel and C{info} files go into
     C{spares} when given; C{mess} is always unlinked.
-    Returns C{[(msgid, error text)]} for the ones that could not be removed.
+
+    @param messages: ids, or L{finishing} tuples naming the files known to exist (the
+        others are not tried: a failing C{unlink} or C{rename} costs as much as one that
+        works).
+    @return: C{[(msgid, error text)]} for the ones that could not be removed.
     """
     troubles = []
-    for msgid in msgids:
+    for item in messages:
+        msgid, kinds, bounce, intd = finishing(item) if isinstance(item, int) else item
         try:
-            for kind in CHANNELS + ("bounce", "info", "intd", "mess"):
-                if kind in CHANNELS or kind == "info":
-                    _remove(path(queueDir, kind, msgid), spares)
-                else:
-                    _unlink(path(queueDir, kind, msgid))
+            for kind in kinds:
+                _remove(path(queueDir, kind, msgid), spares, FINISH_RESERVE)
+            if bounce:
+                _unlink(path(queueDir, "bounce", msgid))
+            _remove(path(queueDir, "info", msgid), spares, FINISH_RESERVE)
+            if intd:
+                _unlink(path(queueDir, "intd", msgid))
+            _unlink(path(queueDir, "mess", msgid))
         except OSError as e:
             troubles.append((msgid, e.strerror))
     return troubles
+
+
+def finishing(msgid, kinds=CHANNELS, bounce=True, intd=True):
+    """
+    What L{finishMessages} removes of C{msgid}: the channel C{kinds} and, if flagged,
+    C{bounce/} and C{intd/}; by default everything that may exist.
+    """
+    return (msgid, tuple(kinds), bounce, intd)
 
 
 def saveSchedule(queueDir, entries):

@@ -66,13 +66,16 @@ class SparePool:
     def __len__(self):
         return len(self._names)
 
-    def give(self, name):
+    def give(self, name, reserve=0):
         """
         Remove C{name} from the queue by renaming it into the pool: C{True} when it is gone
         (kept, or it did not exist), C{False} when the caller must unlink it.
+
+        @param reserve: refuse while fewer than this many places are free, keeping them
+            for callers that must not unlink (an unlink may wait for the disk).
         """
         with self._lock:
-            if not self._ready or self._count >= self.limit:
+            if not self._ready or self._count >= self.limit - reserve:
                 return False
             self._count += 1
             spare = str(self._next)
@@ -87,10 +90,17 @@ class SparePool:
             self._names.append(spare)
         return True
 
-    def take(self, name):
+    def take(self, name, truncate=True):
         """
-        A spare renamed to C{name} (which must not exist) and opened empty for writing,
-        mode 0600: its descriptor, or C{None} when the pool has none.
+        A spare renamed to C{name} (which must not exist, or is stale: the rename replaces
+        it) and opened for writing at offset 0, mode 0600: its descriptor, or C{None} when
+        the pool has none.
+
+        @param truncate: open it empty.  With C{False} the old content stays and the caller
+            overwrites it and cuts it to length (C{ftruncate}): an emptied file gives its
+            blocks back, which on a filesystem mounted with C{discard} waits for the
+            device's discard, and the next write allocates anew; a small file rewritten in
+            place keeps its block.
         """
         while True:
             with self._lock:
@@ -103,7 +113,8 @@ class SparePool:
             except OSError:
                 continue
             try:
-                fd = os.open(name, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+                fd = os.open(name, os.O_WRONLY | (os.O_TRUNC if truncate else 0)
+                             | os.O_CLOEXEC)
             except OSError:
                 unlinkQuietly(name)
                 return None

@@ -1,0 +1,152 @@
+"""
+Preprocessing and finishing without failing system calls (L{qmailtx.sendqueue}): stale
+files of a crashed preprocessing are still replaced or removed, a recycled spare is cut to
+its new content's length, finishing removes only the files a message is known to have (all
+of them when it is not known), and the spare pool keeps room for the reactor thread.
+"""
+
+import os
+
+import pytest
+
+from qmailtx import sendqueue, spares as sparemod
+from qmailtx.rewrite import LOCAL, REMOTE
+from tests.component.test_send import World
+
+
+@pytest.fixture
+def world(qmailRoot):
+    w = World(qmailRoot)
+    yield w
+    if w.sender is not None and w.sender.running:
+        w.stop()
+
+
+def rewriteLocal(address):
+    return LOCAL, address
+
+
+def pool(world, limit=sparemod.SPARE_LIMIT):
+    spares = sparemod.SparePool(world.queue.queueDir, limit)
+    spares.load()
+    return spares
+
+
+def writeStale(world, msgid, kinds):
+    for kind in kinds:
+        with open(sendqueue.path(world.queue.queueDir, kind, msgid), "wb") as f:
+            f.write(b"Tstale@elsewhere\0" * 300)
+
+
+@pytest.mark.parametrize("withSpares", [False, True])
+def test_staleFilesReplacedOrRemoved(world, withSpares):
+    """A crash after an earlier preprocessing wrote info/local/remote (todo/ still there):
+    preprocessing again replaces info and the written channel, and removes the channel it
+    no longer writes, with or without spare files."""
+    q = world.queue.queueDir
+    spares = pool(world) if withSpares else None
+    if withSpares:
+        for n in range(3):
+            name = os.path.join(q, "info", "0", "90%d" % n)
+            open(name, "wb").close()
+            spares.give(name)
+    msgid = world.inject(b"a@example.org", [b"x@localhost"])
+    writeStale(world, msgid, ("info", LOCAL, REMOTE))
+    ((_, message),) = sendqueue.preprocessBatch(q, [msgid], rewriteLocal, spares)
+    assert message.known and list(message.channels) == [LOCAL]
+    assert world.read("info", msgid) == b"Fa@example.org\0"
+    assert world.read(LOCAL, msgid) == b"Tx@localhost\0"
+    assert world.files(REMOTE) == [] and world.files("todo") == []
+
+
+def test_recycledSpareCutToLength(world):
+    """A spare larger than the new content keeps its inode and ends exactly at the new
+    content (it is rewritten in place, then cut)."""
+    q = world.queue.queueDir
+    spares = pool(world)
+    old = os.path.join(q, "info", "0", "900")
+    with open(old, "wb") as f:
+        f.write(b"x" * 5000)
+    inode = os.stat(old).st_ino
+    spares.give(old)
+    msgid = world.inject(b"a@example.org", [b"x@localhost"])
+    opened = []
+    target = sendqueue.path(q, "info", msgid)
+    sendqueue._writeNew(target, b"Fa@example.org\0", opened, spares)
+    sendqueue.closeAll(opened)
+    st = os.stat(target)
+    assert (st.st_ino, st.st_size) == (inode, 15)
+    assert world.read("info", msgid) == b"Fa@example.org\0"
+
+
+def test_takeWithoutTruncateKeepsContent(world):
+    """take(truncate=False) hands over the old bytes at offset 0; the default empties."""
+    q = world.queue.queueDir
+    spares = pool(world)
+    for n in ("901", "902"):
+        name = os.path.join(q, "info", "0", n)
+        with open(name, "wb") as f:
+            f.write(b"old content")
+        spares.give(name)
+    kept = os.path.join(q, "info", "0", "911")
+    emptied = os.path.join(q, "info", "0", "912")
+    os.close(spares.take(kept, truncate=False))
+    os.close(spares.take(emptied))
+    assert os.path.getsize(kept) == 11 and os.path.getsize(emptied) == 0
+
+
+def test_finishKnownFilesOnly(world, monkeypatch):
+    """A message preprocessed here: finishing touches only its own channel file, info and
+    mess (no failing unlink of intd/bounce/remote), mess last."""
+    q = world.queue.queueDir
+    msgid = world.inject(b"a@example.org", [b"x@localhost"])
+    ((_, message),) = sendqueue.preprocessBatch(q, [msgid], rewriteLocal)
+    touched = []
+    for name in ("unlink", "rename"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda p, *a, real=real: (touched.append(p), real(p, *a))[1])
+    item = sendqueue.finishing(msgid, message.channels, bounce=False, intd=False)
+    assert sendqueue.finishMessages(q, [item]) == []
+    assert touched == [sendqueue.path(q, k, msgid) for k in (LOCAL, "info", "mess")]
+    assert world.files("mess") == world.files("info") == world.files(LOCAL) == []
+
+
+def test_finishUnknownRemovesEverything(world):
+    """A bare id (a message loaded at start): every file that may exist goes, a leftover
+    intd/ and bounce/ included."""
+    q = world.queue.queueDir
+    msgid = world.inject(b"a@example.org", [b"x@localhost"])
+    sendqueue.preprocessBatch(q, [msgid], rewriteLocal)
+    writeStale(world, msgid, (REMOTE, "intd", "bounce"))
+    assert sendqueue.finishMessages(q, [msgid]) == []
+    for kind in ("mess", "info", "intd", "bounce", LOCAL, REMOTE):
+        assert world.files(kind) == []
+
+
+def test_senderFinishesWithKnownFiles(world, monkeypatch):
+    """Through the Sender: a delivered message preprocessed in this process is queued for
+    finishing with exactly its channel and no intd/bounce, and leaves no file behind."""
+    items = []
+    real = sendqueue.finishMessages
+    monkeypatch.setattr(sendqueue, "finishMessages",
+                        lambda q, batch, spares=None: (items.extend(batch),
+                                                       real(q, batch, spares))[1])
+    world.start()
+    msgid = world.inject(b"a@example.org", [b"x@localhost"])
+    world.sender.todoArrived(msgid)
+    assert items == [(msgid, (LOCAL,), False, False)]
+    for kind in ("mess", "info", "todo", "intd", LOCAL):
+        assert world.files(kind) == []
+
+
+def test_reserveKeepsRoom(world):
+    """give(reserve=N) refuses while fewer than N places are free; a plain give still fits."""
+    q = world.queue.queueDir
+    spares = pool(world, limit=3)
+    names = [os.path.join(q, "info", "0", str(900 + n)) for n in range(3)]
+    for name in names:
+        open(name, "wb").close()
+    assert spares.give(names[0], reserve=1) is True
+    assert spares.give(names[1], reserve=1) is True
+    assert spares.give(names[2], reserve=1) is False and os.path.exists(names[2])
+    assert spares.give(names[2]) is True
