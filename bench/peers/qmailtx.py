@@ -21,12 +21,16 @@ BACKLOG = 1024
 #: twistd qmail --receivers: session processes beside the daemon (one less than the cores is
 #: the advice of README.md); QMAILTX_BENCH_RECEIVERS=0 measures the single-process daemon.
 RECEIVERS = int(os.environ.get("QMAILTX_BENCH_RECEIVERS", max(1, (os.cpu_count() or 2) - 1)))
+#: QMAILTX_BENCH_MULTILOG=1: bare qmail log lines (twistd --logger qmailtx.log.multilog), as
+#: under a supervisor's multilog; default twistd's own timestamped lines.
+MULTILOG = os.environ.get("QMAILTX_BENCH_MULTILOG", "") not in ("", "0")
 
 
 @registerPeer
 class QmailtxPeer(Peer):
     name = "qmailtx"
-    description = f"twistd -n qmail --receivers {RECEIVERS} (this checkout), queue only"
+    description = (f"twistd -n{' --logger qmailtx.log.multilog' if MULTILOG else ''} qmail "
+                   f"--receivers {RECEIVERS} (this checkout), queue only")
 
     def missing(self):
         if not (CHECKOUT / "twisted" / "plugins" / "qmailtx_plugin.py").exists():
@@ -64,8 +68,9 @@ class QmailtxPeer(Peer):
                 f.write(BENCH_DOMAIN + "\n")
 
     def command(self, port):
+        logger = ["--logger", "qmailtx.log.multilog"] if MULTILOG else []
         argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                "-n", "--pidfile=", "qmail", "--root", str(self.directory / "root"),
+                "-n", "--pidfile=", *logger, "qmail", "--root", str(self.directory / "root"),
                 "--smtp", f"tcp:{port}:interface=127.0.0.1:backlog={BACKLOG}",
                 "--maxconn", f"smtp={MAX_CONNECTIONS}", "--receivers", str(RECEIVERS)]
         for proto, packagePort in self.packagePorts.items():
