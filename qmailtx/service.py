@@ -230,17 +230,15 @@ def makeQmailService(config, reactor=None):
     addDelivery(site, top)
     pool = None
     if config.get("receivers"):
-        from qmailtx.receiver import ReceiverPool
+        from qmailtx.receiver import HandOffFactory, ReceiverPool, handsOff
 
-        pool = ReceiverPool(site, config, config["receivers"], reactor)
-        pool.setServiceParent(top)
+        if any(handsOff(kind, description) for kind, description in config["listeners"]):
+            pool = ReceiverPool(site, config, config["receivers"], reactor)
+            pool.setServiceParent(top)
     for kind, description in config["listeners"]:
         factory = LISTENERS[kind](site, config)
-        if pool is not None:
-            from qmailtx.receiver import HandOffFactory, handsOff
-
-            if handsOff(kind, description):
-                factory = HandOffFactory(pool, kind, factory)
+        if pool is not None and handsOff(kind, description):
+            factory = HandOffFactory(pool, kind, factory)
         rulesPath = config["rules"].get(kind) or site.defaultRules(kind)
         wrapped = RulesFactory(
             factory,
