@@ -273,7 +273,11 @@ def failBatch(results, error):
 
 
 def finishBatch(queueDir, results, spares=None):
-    """Step 4, once the staged files are durable: C{intd/} and C{todo/} removed."""
+    """
+    Step 4, once the staged files are durable: C{intd/} and C{todo/} removed.  They are two
+    links of one inode, so only the C{todo/} name may go to C{spares}: unlinking C{intd/}
+    frees nothing.
+    """
     for msgid, result in results:
         if isinstance(result, QueuedMessage):
             _unlink(path(queueDir, "intd", msgid))
@@ -402,13 +406,14 @@ def finishMessages(queueDir, messages, spares=None):
     """
     troubles = []
     for item in messages:
-        msgid, kinds, bounce, intd = finishing(item) if isinstance(item, int) else item
+        msgid, kinds, bounce, intd, info = finishing(item) if isinstance(item, int) else item
         try:
             for kind in kinds:
                 _remove(path(queueDir, kind, msgid), spares, FINISH_RESERVE)
             if bounce:
                 _unlink(path(queueDir, "bounce", msgid))
-            _remove(path(queueDir, "info", msgid), spares, FINISH_RESERVE)
+            if info:
+                _remove(path(queueDir, "info", msgid), spares, FINISH_RESERVE)
             if intd:
                 _unlink(path(queueDir, "intd", msgid))
             _unlink(path(queueDir, "mess", msgid))
@@ -417,12 +422,28 @@ def finishMessages(queueDir, messages, spares=None):
     return troubles
 
 
-def finishing(msgid, kinds=CHANNELS, bounce=True, intd=True):
+def finishing(msgid, kinds=CHANNELS, bounce=True, intd=True, info=True):
     """
     What L{finishMessages} removes of C{msgid}: the channel C{kinds} and, if flagged,
-    C{bounce/} and C{intd/}; by default everything that may exist.
+    C{bounce/}, C{info/} and C{intd/}, then C{mess/}; by default everything that may exist.
     """
-    return (msgid, tuple(kinds), bounce, intd)
+    return (msgid, tuple(kinds), bounce, intd, info)
+
+
+def retire(queueDir, msgid, kinds, spares):
+    """
+    The first steps of L{finishMessages} for a message without C{bounce/} or C{intd/}: its
+    channel C{kinds} then C{info/} renamed into C{spares}, never unlinked (this runs on the
+    reactor thread, where an unlink that frees a block would wait for the disk's discard).
+    C{True} when they are gone; C{False} when the pool had no room, leaving the rest to
+    L{finishMessages}.
+    """
+    if spares is None:
+        return False
+    for kind in tuple(kinds) + ("info",):
+        if not spares.give(path(queueDir, kind, msgid), FINISH_RESERVE):
+            return False
+    return True
 
 
 def saveSchedule(queueDir, entries):

@@ -134,7 +134,7 @@ def test_senderFinishesWithKnownFiles(world, monkeypatch):
     world.start()
     msgid = world.inject(b"a@example.org", [b"x@localhost"])
     world.sender.todoArrived(msgid)
-    assert items == [(msgid, (LOCAL,), False, False)]
+    assert items == [(msgid, (), False, False, False)]
     for kind in ("mess", "info", "todo", "intd", LOCAL):
         assert world.files(kind) == []
 
@@ -150,3 +150,24 @@ def test_reserveKeepsRoom(world):
     assert spares.give(names[1], reserve=1) is True
     assert spares.give(names[2], reserve=1) is False and os.path.exists(names[2])
     assert spares.give(names[2]) is True
+
+
+def test_retireIntoPoolOrLeave(world):
+    """retire() renames the channel files then info/ into the pool and never unlinks: with
+    no room left it stops and says so, and finishMessages removes the rest."""
+    q = world.queue.queueDir
+    msgid = world.inject(b"a@example.org", [b"x@localhost"])
+    sendqueue.preprocessBatch(q, [msgid], rewriteLocal)
+    full = pool(world, limit=sendqueue.FINISH_RESERVE + 1)
+    assert sendqueue.retire(q, msgid, (LOCAL,), full) is False
+    assert world.files(LOCAL) == [] and world.files("info") == [msgid]
+    assert sendqueue.finishMessages(q, [sendqueue.finishing(msgid, (LOCAL,), False, False)],
+                                    full) == []
+    assert world.files("info") == world.files("mess") == []
+
+    second = world.inject(b"b@example.org", [b"y@localhost"])
+    sendqueue.preprocessBatch(q, [second], rewriteLocal)
+    roomy = pool(world)
+    assert sendqueue.retire(q, second, (LOCAL,), roomy) is True
+    assert world.files(LOCAL) == world.files("info") == [] and world.files("mess") == [second]
+    assert sendqueue.retire(q, second, (LOCAL,), None) is False
