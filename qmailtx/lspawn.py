@@ -22,6 +22,7 @@ from twisted.internet import defer, error
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from qmailtx import log, netstring
 from qmailtx.results import TempFailure, fromReport
@@ -180,10 +181,14 @@ class LocalSpawner(service.Service):
         request = netstring.encode(netstring.encodeList([
             b"deliver", os.fsencode(messPath), a.user, a.home, local, a.dash, a.ext, domain,
             sender, self.defaultDelivery]))
-        d = self._acquire((a.uid, a.gid))
-        d.addCallback(lambda worker: worker.send(request, messPath))
-        d.addErrback(self._ebDeliver)
-        return d
+        worker = self._acquire((a.uid, a.gid))
+        if isinstance(worker, defer.Deferred):
+            return worker.addCallback(lambda w: w.send(request, messPath)).addErrback(
+                self._ebDeliver)
+        try:
+            return worker.send(request, messPath)
+        except Exception:
+            return defer.succeed(self._ebDeliver(Failure()))
 
     def _ebDeliver(self, failure):
         _log.failure("local delivery failed", failure)
@@ -192,17 +197,15 @@ class LocalSpawner(service.Service):
     # -- the pool ---------------------------------------------------------------------------
 
     def _acquire(self, key):
+        """A worker for C{key} at once, or a Deferred firing with one when a slot frees."""
         idle = self._idle.get(key)
         if idle:
-            return defer.succeed(idle.pop())
+            return idle.pop()
         if len(self._workers) >= self.maxWorkers and not self._evictIdle():
             d = defer.Deferred()
             self._waiting.append((key, d))
             return d
-        try:
-            return defer.succeed(self._spawn(key))
-        except OSError:
-            return defer.succeed(_Failed())
+        return self._spawnOrFail(key)
 
     def _evictIdle(self):
         """Close the longest-idle worker to make room; C{False} if none is idle."""

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from qmailtx.envelope import parseRecords
-from qmailtx.queue import SPLIT, splitName, syncFiles
+from qmailtx.queue import SPLIT, syncFiles
 from qmailtx.rewrite import LOCAL, REMOTE
 from qmailtx.spares import SPARE, unlinkQuietly as _unlink
 
@@ -71,11 +71,17 @@ class QueuedMessage:
     C{intd/} is gone, so finishing need not try the others."""
 
 
+_SPLIT_KINDS = frozenset(("mess", "info", LOCAL, REMOTE))
+
+
 def path(queueDir, kind, msgid):
-    """Where C{kind} (mess/info/local/remote split, todo/intd/bounce not) keeps C{msgid}."""
-    if kind in ("mess", "info", LOCAL, REMOTE):
-        return os.path.join(queueDir, kind, splitName(msgid), str(msgid))
-    return os.path.join(queueDir, kind, str(msgid))
+    """
+    Where C{kind} (mess/info/local/remote split, todo/intd/bounce not) keeps C{msgid}
+    (formatted directly: several per message on the reactor thread).
+    """
+    if kind in _SPLIT_KINDS:
+        return f"{os.fspath(queueDir).rstrip('/')}/{kind}/{msgid % SPLIT}/{msgid}"
+    return f"{os.fspath(queueDir).rstrip('/')}/{kind}/{msgid}"
 
 
 def _read(name):
