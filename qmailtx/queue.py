@@ -228,6 +228,7 @@ class Queue:
         self._uid = os.getuid()
         self._gathering = []
         self._linking = False
+        self._recycled = set()
 
     def _getReactor(self):
         if self._reactor is None:
@@ -308,12 +309,14 @@ class Queue:
     def _takeSpare(self, path):
         """
         A recycled inode from the queue manager's spare pool, renamed to C{path} and
-        opened empty (mode 0644 as qmail-queue's files), or C{None}.  The caller makes
+        opened at offset 0 (mode 0644 as qmail-queue's files), or C{None}.  Its old content
+        is still there: the writer cuts it to length before the flush (emptying it here
+        would make the reactor wait for the disk's discard of its blocks).  The caller makes
         sure nothing else can be using C{path}.
         """
         if self.spares is None:
             return None
-        fd = self.spares.take(path)
+        fd = self.spares.take(path, truncate=False)
         if fd is not None:
             try:
                 os.fchmod(fd, 0o644)
@@ -327,6 +330,7 @@ class Queue:
         spare = os.path.join(self.queueDir, "pid", "%d.%d.s%d" % (os.getpid(), now, qp))
         fd = self._takeSpare(spare)
         if fd is not None:
+            self._recycled.add(fd)
             return fd, spare
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         for seq in range(1, PID_SEQ_LIMIT + 1):
@@ -469,6 +473,7 @@ class QueueWriter:
         self._fd = None
         self._intdFd = None
         self._buffer = bytearray()
+        self._size = 0
         self._writeFailed = False
         self._state = "open"
         self._madeIntd = False
@@ -493,6 +498,7 @@ class QueueWriter:
         try:
             self._ensureFile()
             _writeAll(self._fd, self._buffer)
+            self._size += len(self._buffer)
         except (OSError, _Trouble) as e:
             self._writeFailed = getattr(e, "code", 53)
         del self._buffer[:]
@@ -558,16 +564,25 @@ class QueueWriter:
             self._madeIntd = True
             try:
                 _writeAll(self._intdFd, todo)
+                self._cutRecycled(self._fd, self._size)
+                self._cutRecycled(self._intdFd, len(todo))
             except OSError:
                 raise _Trouble(53)
         except BaseException:
             self._closeAndCleanup()
             raise
 
+    def _cutRecycled(self, fd, size):
+        """A recycled file may hold an older file's bytes past C{size}: cut them off."""
+        if fd in self._queue._recycled:
+            self._queue._recycled.discard(fd)
+            os.ftruncate(fd, size)
+
     def _closeFiles(self):
         for name in ("_fd", "_intdFd"):
             fd = getattr(self, name)
             if fd is not None:
+                self._queue._recycled.discard(fd)
                 setattr(self, name, None)
                 try:
                     os.close(fd)
@@ -577,6 +592,7 @@ class QueueWriter:
     def _openIntd(self, path):
         fd = self._queue._takeSpare(path)
         if fd is not None:
+            self._queue._recycled.add(fd)
             return fd
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
