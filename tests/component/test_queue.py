@@ -305,7 +305,9 @@ def test_recycledInodesFromSpares(root):
         data = f.read()
     assert data.startswith(b"Received: (qmail ") and data.endswith(b"\nSubject: recycled\n\nbody\n")
     with open(os.path.join(root, "queue", "todo", str(msgid)), "rb") as f:
-        assert parseRecords(f.read())[2:] == [(b"F", b"a@b"), (b"T", b"c@d")]
+        todo = f.read()
+    assert parseRecords(todo)[2:] == [(b"F", b"a@b"), (b"T", b"c@d")]
+    assert todo.endswith(b"\0Fa@b\0Tc@d\0"), "stale bytes after the envelope"
     assert os.stat(os.path.join(root, "queue", "todo", str(msgid))).st_ino in inodes
     assert os.listdir(os.path.join(root, "queue", "pid")) == []
     assert os.stat(mess).st_mode & 0o777 == 0o644
