@@ -9,27 +9,13 @@ import os
 
 import pytest
 
-from qmailtx import sendqueue, spares as sparemod
+from qmailtx import sendqueue
 from qmailtx.rewrite import LOCAL, REMOTE
-from tests.component.test_send import World
+from tests.component import test_send_spares as shared
 
-
-@pytest.fixture
-def world(qmailRoot):
-    w = World(qmailRoot)
-    yield w
-    if w.sender is not None and w.sender.running:
-        w.stop()
-
-
-def rewriteLocal(address):
-    return LOCAL, address
-
-
-def pool(world, limit=sparemod.SPARE_LIMIT):
-    spares = sparemod.SparePool(world.queue.queueDir, limit)
-    spares.load()
-    return spares
+world = shared.world
+pool = shared.pool
+rewriteLocal = shared.rewriteLocal
 
 
 def writeStale(world, msgid, kinds):
