@@ -66,6 +66,7 @@ class MessageJob:
         self.sender = message.sender
         self.bounce = message.bounce
         self.known = message.known
+        self.size = message.size
         self.kinds = tuple(message.channels)
         self.messPath = sendqueue.path(queueDir, "mess", message.msgid)
         self.channels = {}

@@ -124,14 +124,20 @@ class Completion:
     def _finish(self, job):
         """
         Remove a finished message: a message preprocessed here without a bounce has its
-        channel and info files renamed into the spare pool at once, on this thread, and
-        only its C{mess/} unlink (which waits for the disk) goes to a thread in a batch.
+        channel and info files (and a small C{mess/} file) renamed into the spare pool at
+        once, on this thread; only a C{mess/} unlink (which waits for the disk) goes to a
+        thread in a batch.
         A thread renaming them would trade the interpreter lock with this one at each
         system call, which costs more than the renames.
         """
         log.event(f"end msg {job.msgid}")
         if job.known and not job.bounce:
             if sendqueue.retire(self.queueDir, job.msgid, job.kinds, self.spares):
+                if (job.size <= sendqueue.SMALL_MESS
+                        and sendqueue.retireMess(self.queueDir, job.msgid, self.spares)):
+                    self._cleaning.pop(job.msgid, None)
+                    self._preprocessMore()
+                    return
                 item = sendqueue.finishing(job.msgid, (), False, intd=False, info=False)
             else:
                 item = sendqueue.finishing(job.msgid, job.kinds, False, intd=False)

@@ -29,6 +29,10 @@ FINISH_RESERVE = 512
 """Places in the spare pool that finishing (in a thread, where an unlink may wait) leaves
 for the C{todo/} files removed on the reactor thread: each message gives one more file than
 it takes, so a full pool would otherwise make the reactor unlink."""
+SMALL_MESS = 64 * 1024
+"""Largest C{mess/} file a finished message gives to the spare pool instead of unlinking:
+reusing a bigger one would hand its extra blocks back (a wait for the disk's discard) on the
+reactor thread."""
 READ_LIMIT = 64 * 1024 * 1024
 """Largest C{todo/}, C{info/}, channel or C{bounce/} file read (a message's envelope)."""
 
@@ -450,6 +454,16 @@ def retire(queueDir, msgid, kinds, spares):
         if not spares.give(path(queueDir, kind, msgid), FINISH_RESERVE):
             return False
     return True
+
+
+def retireMess(queueDir, msgid, spares):
+    """
+    The last step of L{finishMessages} after L{retire}, for a message of at most
+    L{SMALL_MESS} bytes: C{mess/} renamed into C{spares}, so finishing needs no unlink (no
+    block freed, no thread).  Its inode, the id, is then a spare: a new message may get it.
+    C{True} when gone; C{False} leaves it to L{finishMessages}.
+    """
+    return spares is not None and spares.give(path(queueDir, "mess", msgid), FINISH_RESERVE)
 
 
 def saveSchedule(queueDir, entries):

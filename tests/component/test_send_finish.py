@@ -110,17 +110,25 @@ def test_finishUnknownRemovesEverything(world):
 
 
 def test_senderFinishesWithKnownFiles(world, monkeypatch):
-    """Through the Sender: a delivered message preprocessed in this process is queued for
-    finishing with exactly its channel and no intd/bounce, and leaves no file behind."""
+    """Through the Sender: a delivered message preprocessed in this process leaves no file
+    behind.  A small one needs no thread at all: its mess/ inode goes into the spare pool
+    with its other files.  A big one (over SMALL_MESS) is queued for finishing with exactly
+    its mess/ (no channel, intd or bounce left), which is unlinked."""
     items = []
     real = sendqueue.finishMessages
     monkeypatch.setattr(sendqueue, "finishMessages",
                         lambda q, batch, spares=None: (items.extend(batch),
                                                        real(q, batch, spares))[1])
     world.start()
-    msgid = world.inject(b"a@example.org", [b"x@localhost"])
-    world.sender.todoArrived(msgid)
-    assert items == [(msgid, (), False, False, False)]
+    small = world.inject(b"a@example.org", [b"x@localhost"])
+    world.sender.todoArrived(small)
+    assert items == []
+    spare = os.path.join(world.queue.queueDir, "spare")
+    assert small in {os.stat(os.path.join(spare, n)).st_ino for n in os.listdir(spare)}
+    big = world.inject(b"a@example.org", [b"x@localhost"],
+                       body=b"Subject: big\n\n" + b"x" * (sendqueue.SMALL_MESS + 1) + b"\n")
+    world.sender.todoArrived(big)
+    assert items == [(big, (), False, False, False)]
     for kind in ("mess", "info", "todo", "intd", LOCAL):
         assert world.files(kind) == []
 
