@@ -79,26 +79,38 @@ class Channel:
         return "receiver channel"
 
     def send(self, packet, fd=None):
-        """Queue one packet (with C{fd}, duplicated now so the caller may close its own)."""
+        """
+        Send one packet (with C{fd}).  While the socket is full it waits in order, with a
+        duplicate of C{fd}, so the caller may close its own at once either way.
+        """
         if not self._open:
             return False
-        if fd is not None:
-            fd = os.dup(fd)
-        self._out.append((packet, fd))
+        if not self._out:
+            try:
+                self._sendOne(packet, fd)
+                return True
+            except BlockingIOError:
+                pass
+            except OSError:
+                self._shut()
+                return False
+        self._out.append((packet, None if fd is None else os.dup(fd)))
         if len(self._out) == 1:
-            self.doWrite()
+            self.reactor.addWriter(self)
         return True
+
+    def _sendOne(self, packet, fd):
+        if fd is None:
+            self.sock.send(packet)
+        else:
+            socket.send_fds(self.sock, [packet], [fd])
 
     def doWrite(self):
         while self._out:
             packet, fd = self._out[0]
             try:
-                if fd is None:
-                    self.sock.send(packet)
-                else:
-                    socket.send_fds(self.sock, [packet], [fd])
+                self._sendOne(packet, fd)
             except BlockingIOError:
-                self.reactor.addWriter(self)
                 return
             except OSError:
                 self._shut()
