@@ -14,6 +14,7 @@ from twisted.internet.protocol import Factory, Protocol
 
 from qmailtx import address, netstring
 from qmailtx.results import PermFailure, TempFailure
+from qmailtx.writethrough import writeNow
 
 SESSION_TIMEOUT = 3600
 """qmail-qmtpd and qmail-qmqpd: alarm(3600) for the whole session."""
@@ -369,7 +370,7 @@ class QMQPServer(PackageServer):
 
     def _reply(self, report):
         if not self._closing:
-            self.transport.write(netstring.encode(report))
+            writeNow(self.transport, netstring.encode(report))
             self.closeSession()
 
 

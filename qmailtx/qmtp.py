@@ -16,6 +16,7 @@ from qmailtx.control import ControlError
 from qmailtx.qmqp import (
     ADDRESS_LIMIT, MAX_ENVELOPE, MAX_RECIPIENTS, MESSAGE_DATA, MESSAGE_START, PACKAGE_END,
     RECIPIENT, SENDER, PackageServer, PackageServerFactory, ResourceError)
+from qmailtx.writethrough import writeNow
 
 RCPTHOSTS_REPLY = b"66:Dsorry, that domain isn't in my list of allowed rcpthosts (#5.7.1),"
 BADRCPT_REPLY = b"46:Dsorry, I can't handle that recipient (#5.1.3),"
@@ -241,7 +242,7 @@ class QMTPServer(PackageServer):
 
     def _respond(self, report, codes):
         accepted = netstring.encode(report)
-        self.transport.write(b"".join(
+        writeNow(self.transport, b"".join(
             accepted if code is None else RCPTHOSTS_REPLY if code == b"D" else BADRCPT_REPLY
             for code in codes))
 

@@ -18,6 +18,7 @@ from qmailtx.control import ControlError
 from qmailtx.results import TempFailure, smtpReply
 from qmailtx.smtpdata import HOP_LIMIT, BareLineFeed, DataReader
 from qmailtx.smtpsecure import SecureFactory, SecureSession
+from qmailtx.writethrough import writeNow
 
 COMMAND_LINE_LIMIT = 4096
 """Bytes of one command line before the client is cut off: far above qmail's 900-byte
@@ -53,6 +54,7 @@ class SMTPServer(SecureSession, Protocol):
     timeout = 1200
     lastActivity = 0.0
     _idleBucket = None
+    _replies = None
 
     def connectionMade(self):
         factory = self.factory
@@ -107,6 +109,11 @@ class SMTPServer(SecureSession, Protocol):
         pass
 
     def _block(self):
+        """
+        Hold commands until a reply is decided (a commit, a password check), and stop
+        reading: an end of input seen meanwhile would close the connection before the
+        replies still owed (a client may pipeline the dot, QUIT and a half-close).
+        """
         self._blocked = True
         self.transport.pauseProducing()
 
@@ -132,6 +139,20 @@ class SMTPServer(SecureSession, Protocol):
         self._process()
 
     def _process(self):
+        """
+        Act on every complete command buffered; the replies they produce leave together
+        when the buffer is done, so a pipelined batch costs one send.
+        """
+        if self._replies is not None:
+            return self._processCommands()
+        self._replies = []
+        try:
+            self._processCommands()
+        finally:
+            self._flushReplies()
+            self._replies = None
+
+    def _processCommands(self):
         while self._buffer and not self._blocked and self._state != _CLOSED:
             if self._state == _DATA:
                 data, self._buffer = self._buffer, b""
@@ -165,18 +186,33 @@ class SMTPServer(SecureSession, Protocol):
             handler(arg)
 
     def reply(self, line):
-        self.transport.write(line + b"\r\n")
+        self.send(line + b"\r\n")
+
+    def send(self, data):
+        """Say C{data} now, or with the rest of the replies to the commands being read."""
+        if self._replies is not None:
+            self._replies.append(data)
+        else:
+            writeNow(self.transport, data)
+
+    def _flushReplies(self):
+        replies = self._replies
+        if replies:
+            data = b"".join(replies)
+            replies.clear()
+            writeNow(self.transport, data)
 
     def _fatal(self, text):
         """Say C{text} and close: framing errors, over-long lines, timeouts."""
         self._state = _CLOSED
         self._buffer = b""
         self._abortWriter()
-        self.transport.write(text)
+        self.send(text)
         self._close()
 
     def _close(self):
         self._state = _CLOSED
+        self._flushReplies()
         self.transport.unregisterProducer()
         self.transport.loseConnection()
 
@@ -211,7 +247,7 @@ class SMTPServer(SecureSession, Protocol):
 
     def do_EHLO(self, arg):
         self._setHelo(arg)
-        self.transport.write(b"".join((
+        self.send(b"".join((
             b"250-", self._greeting(), b"\r\n",
             self.ehloTLSLines(),
             b"250-PIPELINING\r\n",

@@ -20,6 +20,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from qmailtx.nodelay import setNoDelay
 from qmailtx.encoder import MessageStreamer, PartialFinalLine, SMTPEncoder, PARTIAL_LINE
+from qmailtx.writethrough import writeNow
 
 REPLY_TEXT_LIMIT = 5000
 """Bytes of a reply kept for reports: qmail-remote's HUGESMTPTEXT."""
@@ -197,7 +198,7 @@ class SMTPClient(Protocol, TimeoutMixin):
                 d.errback(self.lostReason)
             return results
         self._waiting.extend(results)
-        self.transport.write(b"".join(line + b"\r\n" for line in lines))
+        writeNow(self.transport, b"".join(line + b"\r\n" for line in lines))
         self.resetTimeout()
         return results
 

@@ -91,8 +91,8 @@ class SecureFactory:
 class SecureSession:
     """
     TLS and AUTH state of one session.  The host provides C{env}, C{controls}, C{factory},
-    C{transport}, C{reply}, C{_block}/C{_unblock}, C{_resetTransaction}, C{sender},
-    C{helo}, C{relayclient}, C{_buffer} and C{_isClosed()}.
+    C{transport}, C{reply}, C{send}, C{_flushReplies}, C{_block}/C{_unblock},
+    C{_resetTransaction}, C{sender}, C{helo}, C{relayclient}, C{_buffer} and C{_isClosed()}.
     """
 
     tlsActive = False
@@ -138,7 +138,7 @@ class SecureSession:
         if self._handshakeTimer is not None:
             self._banner = banner
         else:
-            self.transport.write(banner)
+            self.send(banner)
 
     def _startTLS(self, creator):
         self.tlsActive = True
@@ -270,6 +270,7 @@ class SecureSession:
         except TLSSetupError as e:
             return self.reply(b"454 TLS " + e.args[0] + b" (#4.3.0)")
         self.reply(READY)
+        self._flushReplies()
         self._buffer = b""
         self._resetSession()
         self._startTLS(creator)

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from qmailtx import log
+from qmailtx.writethrough import writeNow
 
 READ_SIZE = 64 * 1024
 """Bytes asked of one C{SSLObject.read}: more than a TLS record (16 KiB) holds."""
@@ -224,7 +225,7 @@ class TLSServer(Protocol):
     def _flush(self):
         out = self._outgoing.read()
         if out:
-            self.transport.write(out)
+            writeNow(self.transport, out)
 
     def _send(self, data):
         try:

@@ -374,3 +374,16 @@ def test_thousands_of_rcpts(root):
     assert out.count(b"250 ok\r\n") == RECIPIENT_LIMIT
     assert out.count(b"452 too many recipients (#4.5.3)\r\n") == 5000 - RECIPIENT_LIMIT
     assert len(s.proto.recipients) == RECIPIENT_LIMIT
+
+
+def test_output_backpressure_outlasts_a_commit(root):
+    """A client not reading its replies stays paused after the commit ends."""
+    s = Session(root)
+    s.queue.hold = True
+    s.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<x@example.com>\r\nDATA\r\nhi\r\n.\r\n")
+    s.proto.pauseProducing()
+    assert s.transport.producerState == "paused"
+    s.queue.writers[0].deferred.callback(7)
+    assert s.transport.producerState == "paused"
+    s.proto.resumeProducing()
+    assert s.transport.producerState == "producing"
