@@ -46,7 +46,9 @@ PROGRAM_TIMEOUT = 86400
 PASSWD_TTL = 2
 """Seconds a passwd answer (found or not) is reused.  qmail-getpw asks for every delivery;
 asking once per burst instead keeps the reactor out of NSS (a scan of C{/etc/passwd} per
-candidate name) while a new or changed account is still seen within this time."""
+look-up).  An edit of L{PASSWD_FILE} ends every answer at once; the TTL bounds staleness
+only for passwd sources NSS reads elsewhere (LDAP, a database)."""
+PASSWD_FILE = "/etc/passwd"
 PASSWD_CACHE_LIMIT = 1024
 """Names remembered at once (they come from recipient addresses, so the cache is bounded)."""
 
@@ -86,7 +88,7 @@ class LocalSpawner(service.Service):
 
     def __init__(self, root, reactor, environ=None, maxWorkers=SPAWN, idleTimeout=IDLE_TIMEOUT,
                  programTimeout=PROGRAM_TIMEOUT, getpwnam=systemGetpwnam,
-                 homeOwner=systemHomeOwner, python=None, uid=None):
+                 homeOwner=systemHomeOwner, python=None, uid=None, passwdFile=PASSWD_FILE):
         self.root = os.path.abspath(os.fsdecode(root))
         self.reactor = reactor
         self.environ = dict(os.environb if environ is None else environ)
@@ -101,6 +103,8 @@ class LocalSpawner(service.Service):
         self._cdbPath = os.path.join(self.root, "users", "cdb")
         self._cdb = (None, None)
         self._passwd = {}
+        self._passwdFile = passwdFile
+        self._passwdVersion = None
         self._idle = {}
         self._workers = set()
         self._waiting = deque()
@@ -130,30 +134,43 @@ class LocalSpawner(service.Service):
 
     def getpwnam(self, name):
         """
-        L{_lookupPasswd}, remembered for L{PASSWD_TTL} seconds; trouble (C{OSError}) is
-        not remembered.
+        The system's passwd entry for C{name}, remembered for L{PASSWD_TTL} seconds while
+        L{PASSWD_FILE} is unchanged (one C{stat} a look-up); trouble (C{OSError}) is not
+        remembered.  With no such user, C{alias} is the root's C{alias/} directory, asked
+        anew each time, so a change of its owner counts from the next delivery.
         """
         now = self.reactor.seconds()
+        self._checkPasswdFile()
         cached = self._passwd.get(name)
         if cached is not None and cached[0] > now:
-            return cached[1]
-        entry = self._lookupPasswd(name)
-        if len(self._passwd) >= PASSWD_CACHE_LIMIT:
-            self._passwd.clear()
-        self._passwd[name] = (now + PASSWD_TTL, entry)
+            entry = cached[1]
+        else:
+            entry = self._getpwnam(name)
+            if len(self._passwd) >= PASSWD_CACHE_LIMIT:
+                self._passwd.clear()
+            self._passwd[name] = (now + PASSWD_TTL, entry)
+        if entry is None and name == ALIAS_USER:
+            return self._aliasEntry()
         return entry
 
-    def _lookupPasswd(self, name):
-        """The system's passwd, plus the root's C{alias/} directory as user C{alias}."""
-        entry = self._getpwnam(name)
-        if entry is None and name == ALIAS_USER:
-            home = os.path.join(self.root, "alias")
-            try:
-                st = os.stat(home)
-            except FileNotFoundError:
-                return None
-            return PasswdEntry(ALIAS_USER, st.st_uid, st.st_gid, os.fsencode(home))
-        return entry
+    def _checkPasswdFile(self):
+        """Forget every answer when the passwd file is not the one they were read from."""
+        try:
+            st = os.stat(self._passwdFile)
+            version = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        except OSError:
+            version = None
+        if version != self._passwdVersion:
+            self._passwdVersion = version
+            self._passwd.clear()
+
+    def _aliasEntry(self):
+        home = os.path.join(self.root, "alias")
+        try:
+            st = os.stat(home)
+        except FileNotFoundError:
+            return None
+        return PasswdEntry(ALIAS_USER, st.st_uid, st.st_gid, os.fsencode(home))
 
     def usersCdb(self):
         """C{users/cdb}, re-read when it changes (qmail-lspawn opens it per delivery)."""

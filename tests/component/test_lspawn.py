@@ -1,6 +1,6 @@
 """
 The local spawner's two cheap paths (L{qmailtx.lspawn}): passwd answers remembered for
-L{qmailtx.lspawn.PASSWD_TTL} seconds on a fake clock, and C{deliverworker --fdsock}
+L{qmailtx.lspawn.PASSWD_TTL} seconds on a fake clock while the passwd file is unchanged, and C{deliverworker --fdsock}
 taking each request and the message's descriptor in one socket message, ending at EOF on
 the socket (run as a throwaway user when we are root).
 """
@@ -74,6 +74,70 @@ def test_passwdCacheIsBounded(spawner):
     for n in range(lspawn.PASSWD_CACHE_LIMIT + 1):
         s.getpwnam(b"u%d" % n)
     assert len(s._passwd) == 1
+
+
+@pytest.fixture
+def watched(tmp_path):
+    """A spawner whose passwd file is a temporary one the test can edit."""
+    clock = task.Clock()
+    passwd = Passwd()
+    passwdFile = tmp_path / "passwd"
+    passwdFile.write_text("joe:x:1234:1234::/home/joe:/bin/sh\n")
+    s = lspawn.LocalSpawner(str(tmp_path), clock, environ={}, getpwnam=passwd,
+                            passwdFile=str(passwdFile))
+    return s, clock, passwd, passwdFile
+
+
+def test_passwdEditEndsRememberedAnswers(watched):
+    """An edit of the passwd file is seen by the next look-up, before PASSWD_TTL runs out."""
+    s, clock, passwd, passwdFile = watched
+    assert s.getpwnam(b"joe") == JOE and s.getpwnam(b"ann") is None
+    assert s.getpwnam(b"joe") == JOE and s.getpwnam(b"ann") is None
+    assert passwd.calls == [b"joe", b"ann"]
+    ann = PasswdEntry(b"ann", 2345, 2345, b"/home/ann")
+    passwd.entries[b"ann"] = ann
+    with open(passwdFile, "a") as f:
+        f.write("ann:x:2345:2345::/home/ann:/bin/sh\n")
+    assert s.getpwnam(b"ann") == ann
+    assert passwd.calls == [b"joe", b"ann", b"ann"]
+
+
+def test_passwdReplacedByRename(watched):
+    """vipw and useradd replace the file by rename: a new inode of the same size counts too."""
+    s, clock, passwd, passwdFile = watched
+    s.getpwnam(b"joe")
+    st = os.stat(passwdFile)
+    fresh = passwdFile.with_name("passwd.new")
+    fresh.write_bytes(passwdFile.read_bytes())
+    os.utime(fresh, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.rename(fresh, passwdFile)
+    s.getpwnam(b"joe")
+    assert passwd.calls == [b"joe", b"joe"]
+
+
+def test_aliasOwnerIsAskedEachTime(watched, tmp_path, monkeypatch):
+    """The alias user is the owner of alias/ now, not as it was at an earlier delivery."""
+    s, clock, passwd, passwdFile = watched
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    st = os.stat(alias)
+    assert s.getpwnam(b"alias") == PasswdEntry(b"alias", st.st_uid, st.st_gid,
+                                               os.fsencode(alias))
+    seen = []
+    real = os.stat
+
+    def stat(path, *a, **k):
+        result = real(path, *a, **k)
+        if os.fspath(path) == str(alias):
+            seen.append(path)
+            return os.stat_result((result.st_mode, result.st_ino, result.st_dev,
+                                   result.st_nlink, 4242, 4343, *result[6:]))
+        return result
+
+    monkeypatch.setattr(lspawn.os, "stat", stat)
+    entry = s.getpwnam(b"alias")
+    monkeypatch.undo()
+    assert seen and (entry.uid, entry.gid) == (4242, 4343)
 
 
 @pytest.fixture
