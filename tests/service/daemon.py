@@ -33,7 +33,7 @@ def twistdCommand(python=None):
 
 
 def freePort(host="127.0.0.1"):
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
@@ -88,7 +88,8 @@ class Daemon:
     def command(self):
         cmd = self.twistd() + ["-n", "--pidfile=", "qmail", "--root", self.root]
         for name, port in self.ports.items():
-            cmd += [f"--{name}", f"tcp:{port}:interface={self.host}"]
+            interface = self.host.replace(":", "\\:")
+            cmd += [f"--{name}", f"tcp:{port}:interface={interface}"]
         return cmd + self.extra
 
     def start(self, wait=True):

@@ -85,6 +85,30 @@ def test_sessionsRunInReceiversAndSendHearsAtOnce(root):
     waitFor(lambda: not any(alive(pid) for pid in pids))
 
 
+def test_ipv6ClientsRunInReceivers(root, tmp_path):
+    """A client on ::1 is handed to a receiver like one on 127.0.0.1: the rules' default
+    entry relays for it, and its Received line and log name the IPv6 address."""
+    (root / "control" / "concurrencyremote").write_text("0\n")
+    rules = tmp_path / "rules.smtp"
+    rules.write_text(':allow,RELAYCLIENT=""\n')
+    daemon = Daemon(root, ["smtp"], ["--receivers", "1", "--rules", f"smtp={rules}"],
+                    host="::1").start()
+    try:
+        (pid,) = readyPids(daemon, 1)
+        with smtplib.SMTP("::1", daemon.port, timeout=10) as client:
+            assert client.sendmail("a@example.org", ["far@elsewhere.example"],
+                                   b"Subject: six\r\n\r\nbody\r\n") == {}
+        waitFor(lambda: "info msg " in daemon.log())
+        (msgid, qp), = re.findall(r"info msg (\d+): .* qp (\d+)", daemon.log())
+        assert pid <= int(qp) < pid + 1000
+        mess = root / "queue" / "mess" / str(int(msgid) % 23) / msgid
+        received = mess.read_bytes().split(b"\n")[1]
+        assert received.startswith(b"Received: from unknown (HELO ")
+        assert received.endswith(b" (::1)")
+    finally:
+        daemon.stop()
+
+
 def test_rulesEnvironmentReachesReceiver(root, tmp_path):
     """The daemon's rules layer decides and builds the environment; the receiver's session
     obeys it (DATABYTES from a rule refuses a large message with qmail's 552)."""
