@@ -1,6 +1,7 @@
 """
-The POP3 server protocol: line framing, the AUTHORIZATION state (L{qmailtx.popup}), the
-checkpassword call, and qmail-pop3d's TRANSACTION/UPDATE states (spec/pop3.md §1–3, §5).
+The POP3 server protocol: line framing, one command in flight, the checkpassword call that
+moves a connection from AUTHORIZATION (L{qmailtx.popup}) to TRANSACTION/UPDATE
+(L{qmailtx.pop3d}), and the listener's factory (spec/pop3.md §1–3, §5).
 
 Moves bytes and keeps per-session state only; all mailbox access goes through a mailbox
 object from L{qmailtx.pop3box} (in this process, or in a process running as the mailbox
@@ -8,9 +9,7 @@ owner).  Writes nothing itself; must not import control files, the queue or uid 
 """
 
 import itertools
-import operator
 import os
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -19,8 +18,9 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
 from qmailtx import checkpassword
-from qmailtx.maildir import NoMaildir, ScanError, Transmitter, uidOf
-from qmailtx.popup import ERR_SYNTAX, ERR_UNIMPLEMENTED, OK, Popup, splitCommand
+from qmailtx.maildirscan import NoMaildir, ScanError
+from qmailtx.pop3d import Pop3d
+from qmailtx.popup import OK, Popup
 from qmailtx.results import TempFailure
 
 _log = Logger(namespace="qmailtx.pop3")
@@ -34,17 +34,9 @@ LINE_LIMIT = 4096
 PENDING_LIMIT = 65536
 """Pipelined input buffered while a command is in flight before we stop reading."""
 
-RETR_CHUNK = 65536
-"""Bytes read from a message file per step while streaming RETR/TOP."""
-
 ERR_AUTH_FAILED = b"-ERR authorization failed"
 ERR_NO_MAILDIR = b"-ERR this user has no $HOME/Maildir"
 ERR_SCAN = b"-ERR unable to scan $HOME/Maildir"
-ERR_OPEN = b"-ERR unable to open that message"
-ERR_UNLINK = b"-ERR unable to unlink all deleted messages"
-ERR_COUNT_FROM_1 = b"-ERR messages are counted from 1"
-ERR_TOO_MANY = b"-ERR not that many messages"
-ERR_DELETED = b"-ERR already deleted"
 
 
 @dataclass
@@ -72,24 +64,7 @@ class POP3Config:
     checker: object = checkpassword.checkPassword
 
 
-_name = operator.itemgetter(0)
-_size = operator.itemgetter(1)
-_inNew = re.compile(b"new/").match
-
-
-def _uid(message):
-    return uidOf(message[0])
-
-
-def parseNumber(arg):
-    """qmail's scan_ulong: (value, digits consumed); value C{None} when no digit leads."""
-    n = 0
-    while n < len(arg) and 48 <= arg[n] <= 57:
-        n += 1
-    return (int(arg[:n]) if n else None), n
-
-
-class POP3Server(Popup, protocol.Protocol, TimeoutMixin):
+class POP3Server(Popup, Pop3d, protocol.Protocol, TimeoutMixin):
     """One POP3 connection, from greeting to close."""
 
     state = "authorization"
@@ -238,202 +213,6 @@ class POP3Server(Popup, protocol.Protocol, TimeoutMixin):
             text = ERR_SCAN
         self.reply(text)
         self.close()
-
-    # TRANSACTION state (qmail-pop3d)
-
-    def transactionLine(self, line):
-        verb, arg = splitCommand(line)
-        handler = self.TRANSACTION_VERBS.get(verb)
-        if handler is None:
-            return self.reply(ERR_UNIMPLEMENTED)
-        return handler(self, arg)
-
-    def msgno(self, arg):
-        """Index of the message named by C{arg}, or C{None} after replying with the error."""
-        n, _ = parseNumber(arg)
-        if n is None:
-            self.reply(ERR_SYNTAX)
-        elif n == 0:
-            self.reply(ERR_COUNT_FROM_1)
-        elif n > len(self.messages):
-            self.reply(ERR_TOO_MANY)
-        elif self.deleted[n - 1]:
-            self.reply(ERR_DELETED)
-        else:
-            return n - 1
-        return None
-
-    def _present(self, values):
-        """C{values} (one per message) of the messages not marked deleted."""
-        if not any(self.deleted):
-            return values
-        return itertools.compress(values, map(operator.not_, self.deleted))
-
-    def t_STAT(self, arg):
-        total = sum(self._present(map(_size, self.messages)))
-        self.reply(b"+OK %d %d" % (len(self.messages), total))
-
-    def _listing(self, arg, kind, value, line):
-        if arg:
-            i = self.msgno(arg)
-            if i is not None:
-                self.transport.write(b"+OK " + line % (i + 1, value(self.messages[i])))
-            return
-        replies = getattr(self.messages, "replies", None)
-        untouched = replies is not None and not any(self.deleted)
-        if untouched and kind in replies:
-            return self.transport.write(replies[kind])
-        rows = self._present(zip(range(1, len(self.messages) + 1), map(value, self.messages)))
-        text = OK + b"\r\n" + b"".join(map(line.__mod__, rows)) + b".\r\n"
-        if untouched:
-            replies[kind] = text
-        self.transport.write(text)
-
-    def t_LIST(self, arg):
-        self._listing(arg, b"LIST", _size, b"%d %d\r\n")
-
-    def t_UIDL(self, arg):
-        self._listing(arg, b"UIDL", _uid, b"%d %s\r\n")
-
-    def t_DELE(self, arg):
-        i = self.msgno(arg)
-        if i is not None:
-            self.deleted[i] = 1
-            self.last = max(self.last, i + 1)
-            self.reply(OK)
-
-    def t_RSET(self, arg):
-        self.deleted = bytearray(len(self.messages))
-        self.last = 0
-        self.reply(OK)
-
-    def t_LAST(self, arg):
-        self.reply(b"+OK %d" % self.last)
-
-    def t_NOOP(self, arg):
-        self.reply(OK)
-
-    def t_TOP(self, arg):
-        i = self.msgno(arg)
-        if i is None:
-            return
-        _, used = parseNumber(arg)
-        limit, _ = parseNumber(arg[used:].lstrip(b" "))
-        self._hold()
-        d = self.mailbox.openMessage(self.messages[i][0])
-        d.addCallbacks(self._cbSend, self._ebOpen, callbackArgs=(limit,))
-
-    def _cbSend(self, source, limit):
-        if self.state == "closed":
-            source.close()
-            return
-        self.reply(OK)
-        _Sender(self, source, Transmitter(limit)).start()
-
-    def _ebOpen(self, failure):
-        if self.state != "closed":
-            self.reply(ERR_OPEN)
-            self._release()
-
-    def t_QUIT(self, arg):
-        names = list(map(_name, self.messages))
-        deleted = list(itertools.compress(names, self.deleted))
-        kept = list(filter(_inNew, self._present(names)))
-        self._hold()
-        self.state = "update"
-        if not (deleted or kept):
-            return self._cbUpdated(0)
-        d = self.mailbox.update(deleted, kept)
-        d.addErrback(lambda f: len(deleted))
-        d.addCallback(self._cbUpdated)
-
-    def _cbUpdated(self, failures):
-        if self.transport.disconnecting or self.state == "closed":
-            return
-        self.transport.write((ERR_UNLINK + b"\r\n") * failures + OK + b"\r\n")
-        self.close()
-
-    TRANSACTION_VERBS = {
-        b"stat": t_STAT,
-        b"list": t_LIST,
-        b"uidl": t_UIDL,
-        b"retr": t_TOP,
-        b"top": t_TOP,
-        b"dele": t_DELE,
-        b"rset": t_RSET,
-        b"last": t_LAST,
-        b"noop": t_NOOP,
-        b"quit": t_QUIT,
-        b"capa": Popup.do_CAPA,
-    }
-
-
-class _Sender:
-    """Streams one message to the client as a push producer: one chunk in memory at a time."""
-
-    def __init__(self, proto, source, transmitter):
-        self.proto = proto
-        self.source = source
-        self.transmitter = transmitter
-        self.paused = False
-        self.waiting = False
-        self.finished = False
-        self.pumping = False
-
-    def start(self):
-        self.proto.transport.registerProducer(self, True)
-        self._pump()
-
-    def _pump(self):
-        if self.pumping:
-            return
-        self.pumping = True
-        try:
-            while not (self.paused or self.waiting or self.finished):
-                self.waiting = True
-                self.source.read(RETR_CHUNK).addCallbacks(self._got, self._failed)
-        finally:
-            self.pumping = False
-
-    def _got(self, data):
-        self.waiting = False
-        if self.finished:
-            return
-        transport = self.proto.transport
-        if data:
-            out = self.transmitter.feed(data)
-            if out:
-                transport.write(out)
-                self.proto.resetTimeout()
-        if not data or self.transmitter.done:
-            transport.write(self.transmitter.finish())
-            self._end()
-            self.proto._release()
-        elif not self.pumping:
-            self._pump()
-
-    def _failed(self, failure):
-        self.waiting = False
-        if not self.finished:
-            self._end()
-            self.proto.close()
-
-    def _end(self):
-        self.finished = True
-        self.source.close()
-        self.proto.transport.unregisterProducer()
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        self._pump()
-
-    def stopProducing(self):
-        if not self.finished:
-            self.finished = True
-            self.source.close()
 
 
 class POP3Factory(protocol.Factory):

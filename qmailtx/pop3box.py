@@ -9,7 +9,7 @@ pipes.  Workers are kept per (uid, gid) while in use and for a while after, so t
 caches make repeated logins cheap.
 
 Both hand L{qmailtx.pop3} a mailbox with C{messages}, C{openMessage(name)},
-C{update(deleted, kept)} and C{release()}.  Writes only through L{qmailtx.maildir}; must
+C{update(deleted, kept)} and C{release()}.  Writes only through L{qmailtx.maildirscan}; must
 not import protocols.
 """
 
@@ -19,7 +19,7 @@ import sys
 from twisted.internet import defer, error, protocol, threads
 from twisted.logger import Logger
 
-from qmailtx import maildir
+from qmailtx import maildirscan
 from qmailtx.scripts import pop3session as wire
 
 _log = Logger(namespace="qmailtx.pop3")
@@ -28,7 +28,7 @@ _log = Logger(namespace="qmailtx.pop3")
 def maildirPath(home, maildirName):
     """C{$HOME/<maildirName>}; an empty home has no maildir."""
     if not home:
-        raise maildir.NoMaildir()
+        raise maildirscan.NoMaildir()
     return os.path.join(home, maildirName)
 
 
@@ -73,13 +73,13 @@ class LocalMailboxes:
 
     def __init__(self, reactor, cache=None):
         self.reactor = reactor
-        self.cache = cache if cache is not None else maildir.ScanCache()
+        self.cache = cache if cache is not None else maildirscan.ScanCache()
 
     def open(self, who, maildirName):
         try:
-            box = maildir.Maildir(maildirPath(who.home, maildirName), self.cache,
-                                  self.reactor.seconds)
-        except maildir.NoMaildir as e:
+            box = maildirscan.Maildir(maildirPath(who.home, maildirName), self.cache,
+                                      self.reactor.seconds)
+        except maildirscan.NoMaildir as e:
             return defer.fail(e)
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), box.login)
         d.addCallback(lambda messages: LocalMailbox(self.reactor, box, messages))
@@ -111,7 +111,7 @@ def workerCommand():
     return [python, "-s", "-m", "qmailtx.scripts.pop3session"]
 
 
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(maildir.__file__)))
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(maildirscan.__file__)))
 
 
 OPEN_CHUNK = 65536
@@ -139,7 +139,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
 
     def request(self, *fields):
         if self.dead:
-            return defer.fail(maildir.ScanError())
+            return defer.fail(maildirscan.ScanError())
         d = defer.Deferred()
         self.pending.append(d)
         self.transport.write(wire.encodeFrame(fields))
@@ -167,7 +167,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
             self.idleCall = None
         pending, self.pending = self.pending, []
         for d in pending:
-            d.errback(maildir.ScanError())
+            d.errback(maildirscan.ScanError())
         self.ended.callback(None)
 
     def hold(self):
@@ -286,10 +286,10 @@ class OwnerMailboxes:
         try:
             path = maildirPath(who.home, maildirName)
             w = self.worker(who.uid, who.gid)
-        except maildir.NoMaildir as e:
+        except maildirscan.NoMaildir as e:
             return defer.fail(e)
         except Exception:
-            return defer.fail(maildir.ScanError())
+            return defer.fail(maildirscan.ScanError())
         w.hold()
         known = self.listings.get(path)
         d = w.request(b"L", path, known.version if known is not None else b"")
@@ -299,20 +299,20 @@ class OwnerMailboxes:
 
     def _cbListed(self, frame, w, path):
         if frame == b"-nomaildir":
-            raise maildir.NoMaildir()
+            raise maildirscan.NoMaildir()
         if frame[:1] == b"=":
             listing = self.listings.get(path)
             if listing is None or listing.version != frame[1:]:
-                raise maildir.ScanError()
+                raise maildirscan.ScanError()
         elif frame[:1] == b"+":
             version, _, data = frame[1:].partition(b"\0")
-            listing = maildir.Listing(wire.decodeListing(data), version)
+            listing = maildirscan.Listing(wire.decodeListing(data), version)
             self.listings.pop(path, None)
             if len(self.listings) >= LISTING_CACHE:
                 del self.listings[next(iter(self.listings))]
             self.listings[path] = listing
         else:
-            raise maildir.ScanError()
+            raise maildirscan.ScanError()
         return OwnerMailbox(w, path, listing)
 
     def _ebListed(self, failure, w):

@@ -33,7 +33,7 @@ def existing(names):
 
 RECEIVERS = existing(["smtp", "smtpsecure", "smtpdata", "smtpauth", "qmtp", "qmqp"])
 DELIVERY = {"send", "sendqueue", "sendchannel", "sendctl", "lspawn", "deliver", "localrun",
-            "remote", "smtpclient", "qmtpclient", "maildir", "mbox"}
+            "remote", "smtpclient", "qmtpclient", "maildir", "maildirscan", "mbox"}
 PURE = existing(["address", "netstring", "envelope", "results", "smtpdata", "bounce", "rewrite",
                  "schedule", "dotqmail", "smtpauth", "token822", "inject"])
 
@@ -48,13 +48,14 @@ def test_receivers_stop_at_the_queue(module):
 def test_send_never_parses_smtp_or_runs_user_code(module):
     """qmail-send's role talks to channels, not to sockets or .qmail programs."""
     assert importsOf(module) & {"smtp", "smtpsecure", "smtpclient", "qmtpclient", "deliver",
-                                "localrun", "maildir", "mbox", "pop3"} == set()
+                                "localrun", "maildir", "maildirscan", "mbox", "pop3",
+                                "pop3d"} == set()
 
 
 @pytest.mark.parametrize("module", existing(["queue", "qqprogram", "envelope"]))
 def test_queue_knows_no_delivery(module):
     """The queue is written by injectors and read by send; it imports neither side."""
-    assert importsOf(module) & (DELIVERY | {"smtp", "qmtp", "qmqp", "pop3"}) == set()
+    assert importsOf(module) & (DELIVERY | {"smtp", "qmtp", "qmqp", "pop3", "pop3d"}) == set()
 
 
 @pytest.mark.parametrize("module", existing(["deliver", "localrun", "mbox"]))
@@ -70,9 +71,10 @@ def test_pure_modules_have_no_reactor(module):
     assert not any(n.startswith("twisted.internet") for n in imported), imported
 
 
-@pytest.mark.parametrize("writer", ["maildir", "mbox"])
+@pytest.mark.parametrize("writer", ["maildir", "maildirscan", "mbox"])
 def test_only_delivery_and_pop3_touch_mailbox_writers(writer):
     """Nothing but local delivery (and POP3, which reads and expunges) imports a mailbox module."""
     users = {p.stem for p in PACKAGE.glob("*.py") if writer in importsOf(p.stem)}
-    allowed = {"deliver", "localrun", "pop3", "pop3box", "popup", "maildir", "mbox", "rootdir"}
+    allowed = {"deliver", "localrun", "pop3", "pop3d", "pop3box", "popup", "maildir", "maildirscan",
+               "mbox", "rootdir"}
     assert users <= allowed, users - allowed

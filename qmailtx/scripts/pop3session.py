@@ -13,13 +13,13 @@ leave on stdout, both as netstring frames; one reply per request, in order:
   - C{C handle} ⇒ C{+}
   - C{U path deleted kept} (names C{\\0}-separated) ⇒ C{+failures}
 
-Refuses to run as uid 0.  Writes only through L{qmailtx.maildir}; must not import Twisted.
+Refuses to run as uid 0.  Writes only through L{qmailtx.maildirscan}; must not import Twisted.
 """
 
 import os
 import sys
 
-from qmailtx import maildir
+from qmailtx import maildirscan
 
 FRAME_LIMIT = 64 * 1024 * 1024
 """Largest frame accepted either way (a 50,000-message listing is about 3 MB)."""
@@ -127,21 +127,21 @@ class Session:
     """The worker's state: a scan cache, and the open message files by handle."""
 
     def __init__(self):
-        self.cache = maildir.ScanCache()
+        self.cache = maildirscan.ScanCache()
         self.files = {}
         self.nextHandle = 0
 
     def box(self, path):
-        return maildir.Maildir(path, self.cache)
+        return maildirscan.Maildir(path, self.cache)
 
     def handle(self, fields):
         verb = fields[0]
         if verb == b"L":
             try:
                 listing = self.box(fields[1]).login()
-            except maildir.NoMaildir:
+            except maildirscan.NoMaildir:
                 return b"-nomaildir"
-            except (maildir.ScanError, OSError):
+            except (maildirscan.ScanError, OSError):
                 return b"-scan"
             if len(fields) > 2 and fields[2] == listing.version:
                 return b"=" + listing.version

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from qmailtx import maildir
+from qmailtx import maildir, maildirscan
 from qmailtx.results import TempFailure
 
 
@@ -99,15 +99,15 @@ def test_scanOrderAndVisibility(md):
     put(md, "new", "a", b"a", ago=20)
     put(md, "new", ".hidden", b"x", ago=50)
     (md / "new" / "fresh").write_bytes(b"now")
-    assert maildir.Maildir(str(md)).scan() == [(b"cur/b:2,S", 2), (b"new/a", 1)]
+    assert maildirscan.Maildir(str(md)).scan() == [(b"cur/b:2,S", 2), (b"new/a", 1)]
 
 
 def test_scanCacheSeesChanges(md):
     """A cached listing is reused only while the directory is unchanged: new and removed files show up."""
-    cache = maildir.ScanCache()
+    cache = maildirscan.ScanCache()
     put(md, "new", "a", b"a", ago=20)
     age(md / "new", 10)
-    m = maildir.Maildir(str(md), cache=cache)
+    m = maildirscan.Maildir(str(md), cache=cache)
     assert m.scan() == [(b"new/a", 1)]
     assert m.scan() == [(b"new/a", 1)]
     put(md, "new", "b", b"bb", ago=5)
@@ -117,22 +117,22 @@ def test_scanCacheSeesChanges(md):
 
 def test_updateDeletesAndMoves(md):
     """update() unlinks deleted names and renames kept new/ files to cur/<x>:2, (cache stays right)."""
-    cache = maildir.ScanCache()
+    cache = maildirscan.ScanCache()
     put(md, "new", "a", b"a", ago=30)
     put(md, "new", "b", b"b", ago=20)
     put(md, "cur", "c:2,S", b"c", ago=10)
-    m = maildir.Maildir(str(md), cache=cache)
+    m = maildirscan.Maildir(str(md), cache=cache)
     assert [n for n, _ in m.scan()] == [b"new/a", b"new/b", b"cur/c:2,S"]
     assert m.update([b"new/a"], [b"new/b", b"cur/c:2,S"]) == 0
     assert sorted(os.listdir(md / "cur")) == ["b:2,", "c:2,S"]
     assert os.listdir(md / "new") == []
     assert [n for n, _ in m.scan()] == [b"cur/b:2,", b"cur/c:2,S"]
-    assert [n for n, _ in maildir.Maildir(str(md)).scan()] == [b"cur/b:2,", b"cur/c:2,S"]
+    assert [n for n, _ in maildirscan.Maildir(str(md)).scan()] == [b"cur/b:2,", b"cur/c:2,S"]
 
 
 def test_uid():
     """The UIDL is the base name up to the first ':' so it survives new→cur."""
-    assert maildir.uidOf(b"new/123.x") == maildir.uidOf(b"cur/123.x:2,S") == b"123.x"
+    assert maildirscan.uidOf(b"new/123.x") == maildirscan.uidOf(b"cur/123.x:2,S") == b"123.x"
 
 
 def test_cleanTmp(md):
@@ -140,25 +140,25 @@ def test_cleanTmp(md):
     put(md, "tmp", "old", b"x", ago=37 * 3600)
     put(md, "tmp", ".old", b"x", ago=37 * 3600)
     put(md, "tmp", "young", b"x", ago=3600)
-    maildir.Maildir(str(md)).cleanTmp()
+    maildirscan.Maildir(str(md)).cleanTmp()
     assert sorted(os.listdir(md / "tmp")) == [".old", "young"]
 
 
 def test_checkMissing(tmp_path):
     """check() raises NoMaildir for a missing maildir; scan() raises ScanError without new/."""
-    with pytest.raises(maildir.NoMaildir):
-        maildir.Maildir(str(tmp_path / "x")).check()
+    with pytest.raises(maildirscan.NoMaildir):
+        maildirscan.Maildir(str(tmp_path / "x")).check()
     maildir.maildirmake(str(tmp_path / "y"))
     os.rmdir(tmp_path / "y" / "new")
-    with pytest.raises(maildir.ScanError):
-        maildir.Maildir(str(tmp_path / "y")).scan()
+    with pytest.raises(maildirscan.ScanError):
+        maildirscan.Maildir(str(tmp_path / "y")).scan()
 
 
 def test_openRefusesOtherNames(md):
     """open() only opens new/x or cur/x names, never paths leaving the maildir."""
     for bad in (b"tmp/x", b"new/../../etc/passwd", b"x"):
         with pytest.raises(OSError):
-            maildir.Maildir(str(md)).open(bad)
+            maildirscan.Maildir(str(md)).open(bad)
 
 
 def clockOf(times):
@@ -210,7 +210,7 @@ def test_scanOfDeliveredNamesNeedsOneStat(md, monkeypatch):
             statted.append(path)
         return realStat(path, *a, **kw)
     monkeypatch.setattr(os, "stat", countingStat)
-    listing = maildir.Maildir(str(md), cache=maildir.ScanCache()).scan()
+    listing = maildirscan.Maildir(str(md), cache=maildirscan.ScanCache()).scan()
     monkeypatch.undo()
     assert len(statted) == 1
     assert listing == reference(md)
@@ -234,7 +234,7 @@ def test_nameOrderIsMtimeOrder(md):
         p = md / "cur" / f"{base}.M{i}P9.other"
         p.write_bytes(b"z" * i)
         os.utime(p, ns=(int(when * 10**9), int(when * 10**9)))
-    listing = maildir.Maildir(str(md), cache=maildir.ScanCache()).scan()
+    listing = maildirscan.Maildir(str(md), cache=maildirscan.ScanCache()).scan()
     assert listing == reference(md)
     assert len(listing) == len(times) + 4
 
@@ -247,7 +247,7 @@ def test_scanNoticesNamesThatLie(md):
     for i, name in enumerate(delivered):
         when = (1700001000 - i) * 10**9
         os.utime(md / "new" / name.decode(), ns=(when, when))
-    listing = maildir.Maildir(str(md), cache=maildir.ScanCache()).scan()
+    listing = maildirscan.Maildir(str(md), cache=maildirscan.ScanCache()).scan()
     assert [n for n, _ in listing] == [b"new/" + n for n in reversed(delivered)]
     assert listing == reference(md)
 
@@ -257,5 +257,5 @@ def test_deliveredNamesFromTheCurrentSecondWait(md):
     names = maildir.UniqueNames(hostname=b"h", clock=clockOf([1700000000.2, 1700000001.5]), pid=1)
     first = maildir.deliver(str(md), b"", io.BytesIO(b"a"), names=names)
     maildir.deliver(str(md), b"", io.BytesIO(b"b"), names=names)
-    m = maildir.Maildir(str(md), cache=maildir.ScanCache(), clock=lambda: 1700000001.9)
+    m = maildirscan.Maildir(str(md), cache=maildirscan.ScanCache(), clock=lambda: 1700000001.9)
     assert m.scan() == [(b"new/" + first, 1)]

@@ -4,7 +4,7 @@ qmail-pop3d's RETR/TOP encoding (spec/pop3.md §3 "Message transmission"), as a 
 
 import pytest
 
-from qmailtx.maildir import Transmitter
+from qmailtx.pop3d import Transmitter
 
 
 def encode(data, bodyLines=None, chunk=None):
