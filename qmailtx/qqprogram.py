@@ -10,7 +10,7 @@ import os
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.protocol import ProcessProtocol
 
-from qmailtx.queue import _failureFor
+from qmailtx.queuefiles import _failureFor
 from qmailtx.results import QQ_CRASHED, QQ_READ_ERROR, fromReport, qqExitFailure
 
 

@@ -12,7 +12,7 @@ import os
 import pwd
 import socket
 
-from qmailtx.queue import createLayout
+from qmailtx.queuelayout import createLayout
 from qmailtx.tls import writeSelfSigned
 
 

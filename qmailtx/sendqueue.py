@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass, field
 
 from qmailtx.envelope import parseRecords
-from qmailtx.queue import SPLIT, syncFiles
+from qmailtx.queuefiles import syncFiles
+from qmailtx.queuelayout import SPLIT
 from qmailtx.rewrite import LOCAL, REMOTE
 from qmailtx.spares import SPARE, unlinkQuietly as _unlink
 

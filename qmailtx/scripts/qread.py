@@ -11,7 +11,7 @@ import sys
 import time
 
 from qmailtx.envelope import parseRecords
-from qmailtx.queue import SPLIT, splitName
+from qmailtx.queuelayout import SPLIT, splitName
 from qmailtx.scripts.qstat import toolRoot
 
 _MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()

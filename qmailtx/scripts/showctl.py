@@ -13,7 +13,7 @@ import pwd
 import sys
 
 from qmailtx.control import parseInt, parseLine, parseList
-from qmailtx.queue import SPLIT
+from qmailtx.queuelayout import SPLIT
 from qmailtx.scripts.qstat import toolRoot
 
 USER_EXT_DELIMITER = "-"

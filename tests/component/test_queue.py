@@ -8,7 +8,9 @@ from twisted.internet import defer, task
 
 from qmailtx import queue as queuemod
 from qmailtx.envelope import parseRecords
-from qmailtx.queue import Queue, createLayout
+from qmailtx.queue import Queue
+from qmailtx.queuelayout import createLayout
+from qmailtx.queuewriter import WRITE_BUFFER
 from qmailtx.results import PermFailure, TempFailure
 
 NOW = 1732217160
@@ -232,7 +234,7 @@ def test_streamingBounded(root, monkeypatch):
     for _ in range(2048):
         w.write(chunk)
         peak = max(peak, len(w._buffer))
-    assert peak < queuemod.WRITE_BUFFER
+    assert peak < WRITE_BUFFER
     msgid = w.commitSync(b"a", [b"b"])
     data = read(root, "mess", str(msgid % 23), str(msgid))
     assert data.split(b"\n", 1)[1] == chunk * 2048

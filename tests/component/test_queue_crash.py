@@ -8,7 +8,8 @@ import os
 import pytest
 
 from qmailtx import queue as queuemod
-from qmailtx.queue import Queue, createLayout
+from qmailtx.queue import Queue
+from qmailtx.queuelayout import createLayout
 
 BODY = b"Subject: crash\n\n" + b"z" * 100000 + b"\n"
 CALLS = ("open", "link", "unlink", "write", "fsync", "close", "truncate")

@@ -3,7 +3,7 @@
 import os
 import stat
 
-from qmailtx.queue import SPLIT, createLayout
+from qmailtx.queuelayout import SPLIT, createLayout
 
 
 def _mode(path):

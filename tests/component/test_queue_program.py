@@ -13,7 +13,8 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from qmailtx.qqprogram import ProgramQueue
-from qmailtx.queue import Queue, createLayout
+from qmailtx.queue import Queue
+from qmailtx.queuelayout import createLayout
 from qmailtx.results import PermFailure, TempFailure
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

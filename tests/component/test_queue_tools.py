@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from qmailtx.queue import createLayout
+from qmailtx.queuelayout import createLayout
 
 TOOL = [sys.executable, "-m", "qmailtx.scripts.main"]
 

@@ -14,7 +14,8 @@ from twisted.internet.testing import StringTransport
 
 from qmailtx import queuesocket
 from qmailtx.envelope import encodeEnvelope
-from qmailtx.queue import Queue, createLayout
+from qmailtx.queue import Queue
+from qmailtx.queuelayout import createLayout
 from qmailtx.queueframe import CHUNK_LIMIT, MESSAGE_END, encodeChunk
 from qmailtx.results import qqExitReport
 

@@ -15,7 +15,8 @@ from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from qmailtx.envelope import encodeEnvelope
-from qmailtx.queue import Queue, createLayout
+from qmailtx.queue import Queue
+from qmailtx.queuelayout import createLayout
 from qmailtx.queuesocket import QueueSocketService, socketPath
 from qmailtx.scripts.queue import EXIT_LOST, handOff
 
