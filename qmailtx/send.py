@@ -28,7 +28,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from qmailtx import log, sendqueue
+from qmailtx import log, sendfinish, sendqueue
 from qmailtx.bounce import bounceEntry
 from qmailtx.control import ControlError
 from qmailtx.rewrite import LOCAL, REMOTE, verpSender
@@ -210,7 +210,7 @@ class Sender(TodoIntake, Completion, service.Service):
                 if not channel.inPass:
                     entries.append((kind, job.msgid, channel.nextTime or now))
         try:
-            failed = sendqueue.saveSchedule(self.queueDir, entries)
+            failed = sendfinish.saveSchedule(self.queueDir, entries)
         except OSError:
             failed = [(k, m) for k, m, _ in entries]
         for kind, msgid in failed:
@@ -443,7 +443,7 @@ class Sender(TodoIntake, Completion, service.Service):
             if not job.channels:
                 self._complete(job)
             else:
-                self._op(sendqueue.removeChannels, self.queueDir, job.msgid, [channel.kind])
+                self._op(sendfinish.removeChannels, self.queueDir, job.msgid, [channel.kind])
             return
         channel.nextTime = channel.next
         if self.stopping:

@@ -5,7 +5,8 @@ left — the bounce (or double bounce) injected through the queue, then the remo
 files in batches off the reactor thread.
 
 A mixin of L{qmailtx.send.Sender}; like it, writes queue files only through
-L{qmailtx.sendqueue} and injects only through the Queue.  Never opens sockets.
+L{qmailtx.sendqueue} and L{qmailtx.sendfinish}, and injects only through the Queue.  Never
+opens sockets.
 """
 
 import os
@@ -14,7 +15,7 @@ from dataclasses import replace
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from qmailtx import log, sendqueue
+from qmailtx import log, sendfinish, sendqueue
 from qmailtx.bounce import bounceEnvelope, bounceHead, cutVerp
 from qmailtx.rewrite import LOCAL, REMOTE, Rewriter
 from qmailtx.results import PermFailure, TempFailure
@@ -77,7 +78,7 @@ class Completion:
 
     def _injectBounce(self, job):
         self._busyOps += 1
-        d = self._blocking(sendqueue.removeChannels, self.queueDir, job.msgid,
+        d = self._blocking(sendfinish.removeChannels, self.queueDir, job.msgid,
                            sendqueue.CHANNELS)
         d.addCallback(lambda _: self._blocking(sendqueue.readForBounce, self.queueDir,
                                                job.msgid))
@@ -132,19 +133,19 @@ class Completion:
         """
         log.event(f"end msg {job.msgid}")
         if job.known and not job.bounce:
-            if sendqueue.retire(self.queueDir, job.msgid, job.kinds, self.spares):
-                if (job.size <= sendqueue.SMALL_MESS
-                        and sendqueue.retireMess(self.queueDir, job.msgid, self.spares)):
+            if sendfinish.retire(self.queueDir, job.msgid, job.kinds, self.spares):
+                if (job.size <= sendfinish.SMALL_MESS
+                        and sendfinish.retireMess(self.queueDir, job.msgid, self.spares)):
                     self._cleaning.pop(job.msgid, None)
                     self._preprocessMore()
                     return
-                item = sendqueue.finishing(job.msgid, (), False, intd=False, info=False)
+                item = sendfinish.finishing(job.msgid, (), False, intd=False, info=False)
             else:
-                item = sendqueue.finishing(job.msgid, job.kinds, False, intd=False)
+                item = sendfinish.finishing(job.msgid, job.kinds, False, intd=False)
         elif job.known:
-            item = sendqueue.finishing(job.msgid, (), True, intd=False)
+            item = sendfinish.finishing(job.msgid, (), True, intd=False)
         else:
-            item = sendqueue.finishing(job.msgid)
+            item = sendfinish.finishing(job.msgid)
         self._finishing.append(item)
         self._finishMore()
 
@@ -154,7 +155,7 @@ class Completion:
         batch = self._finishing[:FINISH_BATCH]
         del self._finishing[:FINISH_BATCH]
         self._finishRunning = True
-        d = self._op(sendqueue.finishMessages, self.queueDir, batch, self.spares)
+        d = self._op(sendfinish.finishMessages, self.queueDir, batch, self.spares)
         d.addBoth(self._cbFinished, batch)
 
     def _cbFinished(self, troubles, batch):
@@ -171,7 +172,7 @@ class Completion:
         """queue.md §9: remove what crashed injections left, off the reactor thread."""
         if self.stopping:
             return
-        d = self._op(sendqueue.cleanupScan, self.queueDir, self.now())
+        d = self._op(sendfinish.cleanupScan, self.queueDir, self.now())
         d.addErrback(lambda f: log.warning("cleanup failed: " + f.getErrorMessage()))
 
 

@@ -1,8 +1,8 @@
 """
 qmail-send's intake (spec/queue.md §4): C{todo/} entries announced in-process by the Queue,
 by the C{lock/trigger} FIFO or by the periodic scan are preprocessed in batches
-(L{qmailtx.sendqueue.stageBatch} here, the group's flush in a thread, then
-L{qmailtx.sendqueue.finishBatch}) and handed to the scheduler.
+(L{qmailtx.sendpreprocess.stageBatch} here, the group's flush in a thread, then
+L{qmailtx.sendpreprocess.finishBatch}) and handed to the scheduler.
 
 A mixin of L{qmailtx.send.Sender}; writes nothing itself.  Never opens sockets.
 """
@@ -11,7 +11,8 @@ import os
 
 from twisted.python.failure import Failure
 
-from qmailtx import log, sendqueue
+from qmailtx import log, sendpreprocess, sendqueue
+from qmailtx.queuefiles import syncFiles
 from qmailtx.senddone import _TriggerReader
 
 SCAN_INTERVAL = 1500
@@ -94,20 +95,20 @@ class TodoIntake:
             self._todoRunning += 1
             self._todoInFlight.update(batch)
             try:
-                results, opened = sendqueue.stageBatch(
+                results, opened = sendpreprocess.stageBatch(
                     self.queueDir, batch, self.config.rewriter.rewrite, self.spares)
             except Exception as e:
                 self._cbPreprocessed(Failure(e), batch)
                 continue
-            d = self._blocking(sendqueue.syncFiles, self.queueDir, opened)
+            d = self._blocking(syncFiles, self.queueDir, opened)
             d.addBoth(self._cbStagedSynced, results, opened)
             d.addBoth(self._cbPreprocessed, batch)
 
     def _cbStagedSynced(self, synced, results, opened):
-        sendqueue.closeAll(opened)
+        sendpreprocess.closeAll(opened)
         if isinstance(synced, Failure):
-            return sendqueue.failBatch(results, synced.value)
-        return sendqueue.finishBatch(self.queueDir, results, self.spares)
+            return sendpreprocess.failBatch(results, synced.value)
+        return sendpreprocess.finishBatch(self.queueDir, results, self.spares)
 
     def _cbPreprocessed(self, results, batch):
         self._todoRunning -= 1
@@ -118,7 +119,7 @@ class TodoIntake:
         for msgid, outcome in results:
             if outcome is None:
                 continue
-            if isinstance(outcome, sendqueue.UnknownRecord):
+            if isinstance(outcome, sendpreprocess.UnknownRecord):
                 log.warning(f"unknown record type in todo/{msgid}")
                 continue
             if isinstance(outcome, OSError):

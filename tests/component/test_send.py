@@ -12,7 +12,7 @@ import pytest
 from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher
 
-from qmailtx import sendqueue
+from qmailtx import sendfinish, sendqueue
 from qmailtx.control import ControlDir
 from qmailtx.queue import Queue
 from qmailtx.results import Delivered, PermFailure, TempFailure
@@ -433,6 +433,6 @@ def test_finishRemovesMessLast(world, monkeypatch):
     removed = []
     real = os.unlink
     monkeypatch.setattr(os, "unlink", lambda p: (removed.append(p), real(p))[1])
-    sendqueue.finishMessages(world.queue.queueDir, [msgid])
+    sendfinish.finishMessages(world.queue.queueDir, [msgid])
     assert removed[-1] == sendqueue.path(world.queue.queueDir, "mess", msgid)
     assert world.files("mess") == [] and world.files("info") == []

@@ -1,15 +1,16 @@
 """
-Preprocessing and finishing without failing system calls (L{qmailtx.sendqueue}): stale
-files of a crashed preprocessing are still replaced or removed, a recycled spare is cut to
-its new content's length, finishing removes only the files a message is known to have (all
-of them when it is not known), and the spare pool keeps room for the reactor thread.
+Preprocessing and finishing without failing system calls (L{qmailtx.sendpreprocess},
+L{qmailtx.sendfinish}): stale files of a crashed preprocessing are still replaced or
+removed, a recycled spare is cut to its new content's length, finishing removes only the
+files a message is known to have (all of them when it is not known), and the spare pool
+keeps room for the reactor thread.
 """
 
 import os
 
 import pytest
 
-from qmailtx import sendqueue
+from qmailtx import sendfinish, sendpreprocess, sendqueue
 from qmailtx.rewrite import LOCAL, REMOTE
 from tests.component import test_send_spares as shared
 
@@ -38,7 +39,7 @@ def test_staleFilesReplacedOrRemoved(world, withSpares):
             spares.give(name)
     msgid = world.inject(b"a@example.org", [b"x@localhost"])
     writeStale(world, msgid, ("info", LOCAL, REMOTE))
-    ((_, message),) = sendqueue.preprocessBatch(q, [msgid], rewriteLocal, spares)
+    ((_, message),) = sendpreprocess.preprocessBatch(q, [msgid], rewriteLocal, spares)
     assert message.known and list(message.channels) == [LOCAL]
     assert world.read("info", msgid) == b"Fa@example.org\0"
     assert world.read(LOCAL, msgid) == b"Tx@localhost\0"
@@ -58,8 +59,8 @@ def test_recycledSpareCutToLength(world):
     msgid = world.inject(b"a@example.org", [b"x@localhost"])
     opened = []
     target = sendqueue.path(q, "info", msgid)
-    sendqueue._writeNew(target, b"Fa@example.org\0", opened, spares)
-    sendqueue.closeAll(opened)
+    sendpreprocess._writeNew(target, b"Fa@example.org\0", opened, spares)
+    sendpreprocess.closeAll(opened)
     st = os.stat(target)
     assert (st.st_ino, st.st_size) == (inode, 15)
     assert world.read("info", msgid) == b"Fa@example.org\0"
@@ -86,13 +87,13 @@ def test_finishKnownFilesOnly(world, monkeypatch):
     mess (no failing unlink of intd/bounce/remote), mess last."""
     q = world.queue.queueDir
     msgid = world.inject(b"a@example.org", [b"x@localhost"])
-    ((_, message),) = sendqueue.preprocessBatch(q, [msgid], rewriteLocal)
+    ((_, message),) = sendpreprocess.preprocessBatch(q, [msgid], rewriteLocal)
     touched = []
     for name in ("unlink", "rename"):
         real = getattr(os, name)
         monkeypatch.setattr(os, name, lambda p, *a, real=real: (touched.append(p), real(p, *a))[1])
-    item = sendqueue.finishing(msgid, message.channels, bounce=False, intd=False)
-    assert sendqueue.finishMessages(q, [item]) == []
+    item = sendfinish.finishing(msgid, message.channels, bounce=False, intd=False)
+    assert sendfinish.finishMessages(q, [item]) == []
     assert touched == [sendqueue.path(q, k, msgid) for k in (LOCAL, "info", "mess")]
     assert world.files("mess") == world.files("info") == world.files(LOCAL) == []
 
@@ -102,9 +103,9 @@ def test_finishUnknownRemovesEverything(world):
     intd/ and bounce/ included."""
     q = world.queue.queueDir
     msgid = world.inject(b"a@example.org", [b"x@localhost"])
-    sendqueue.preprocessBatch(q, [msgid], rewriteLocal)
+    sendpreprocess.preprocessBatch(q, [msgid], rewriteLocal)
     writeStale(world, msgid, (REMOTE, "intd", "bounce"))
-    assert sendqueue.finishMessages(q, [msgid]) == []
+    assert sendfinish.finishMessages(q, [msgid]) == []
     for kind in ("mess", "info", "intd", "bounce", LOCAL, REMOTE):
         assert world.files(kind) == []
 
@@ -115,8 +116,8 @@ def test_senderFinishesWithKnownFiles(world, monkeypatch):
     with its other files.  A big one (over SMALL_MESS) is queued for finishing with exactly
     its mess/ (no channel, intd or bounce left), which is unlinked."""
     items = []
-    real = sendqueue.finishMessages
-    monkeypatch.setattr(sendqueue, "finishMessages",
+    real = sendfinish.finishMessages
+    monkeypatch.setattr(sendfinish, "finishMessages",
                         lambda q, batch, spares=None: (items.extend(batch),
                                                        real(q, batch, spares))[1])
     world.start()
@@ -126,7 +127,7 @@ def test_senderFinishesWithKnownFiles(world, monkeypatch):
     spare = os.path.join(world.queue.queueDir, "spare")
     assert small in {os.stat(os.path.join(spare, n)).st_ino for n in os.listdir(spare)}
     big = world.inject(b"a@example.org", [b"x@localhost"],
-                       body=b"Subject: big\n\n" + b"x" * (sendqueue.SMALL_MESS + 1) + b"\n")
+                       body=b"Subject: big\n\n" + b"x" * (sendfinish.SMALL_MESS + 1) + b"\n")
     world.sender.todoArrived(big)
     assert items == [(big, (), False, False, False)]
     for kind in ("mess", "info", "todo", "intd", LOCAL):
@@ -151,17 +152,17 @@ def test_retireIntoPoolOrLeave(world):
     no room left it stops and says so, and finishMessages removes the rest."""
     q = world.queue.queueDir
     msgid = world.inject(b"a@example.org", [b"x@localhost"])
-    sendqueue.preprocessBatch(q, [msgid], rewriteLocal)
-    full = pool(world, limit=sendqueue.FINISH_RESERVE + 1)
-    assert sendqueue.retire(q, msgid, (LOCAL,), full) is False
+    sendpreprocess.preprocessBatch(q, [msgid], rewriteLocal)
+    full = pool(world, limit=sendfinish.FINISH_RESERVE + 1)
+    assert sendfinish.retire(q, msgid, (LOCAL,), full) is False
     assert world.files(LOCAL) == [] and world.files("info") == [msgid]
-    assert sendqueue.finishMessages(q, [sendqueue.finishing(msgid, (LOCAL,), False, False)],
+    assert sendfinish.finishMessages(q, [sendfinish.finishing(msgid, (LOCAL,), False, False)],
                                     full) == []
     assert world.files("info") == world.files("mess") == []
 
     second = world.inject(b"b@example.org", [b"y@localhost"])
-    sendqueue.preprocessBatch(q, [second], rewriteLocal)
+    sendpreprocess.preprocessBatch(q, [second], rewriteLocal)
     roomy = pool(world)
-    assert sendqueue.retire(q, second, (LOCAL,), roomy) is True
+    assert sendfinish.retire(q, second, (LOCAL,), roomy) is True
     assert world.files(LOCAL) == world.files("info") == [] and world.files("mess") == [second]
-    assert sendqueue.retire(q, second, (LOCAL,), None) is False
+    assert sendfinish.retire(q, second, (LOCAL,), None) is False

@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from qmailtx import sendqueue, spares as sparemod
+from qmailtx import sendfinish, sendpreprocess, sendqueue, spares as sparemod
 from qmailtx.rewrite import LOCAL
 from tests.component.test_send import World
 
@@ -97,18 +97,18 @@ def test_preprocessAndFinishCycleThroughSpares(world):
     spares = pool(world)
     first = world.inject(b"a@example.org", [b"x@localhost"])
     todoInode = os.stat(sendqueue.path(q, "todo", first)).st_ino
-    ((_, message),) = sendqueue.preprocessBatch(q, [first], rewriteLocal, spares)
+    ((_, message),) = sendpreprocess.preprocessBatch(q, [first], rewriteLocal, spares)
     assert message.sender == b"a@example.org"
     assert spareInodes(spares) == {todoInode}
     old = {kind: os.stat(sendqueue.path(q, kind, first)).st_ino for kind in ("info", LOCAL)}
     messInode = os.stat(sendqueue.path(q, "mess", first)).st_ino
-    assert sendqueue.finishMessages(q, [first], spares) == []
+    assert sendfinish.finishMessages(q, [first], spares) == []
     assert spareInodes(spares) == {todoInode, *old.values()}
     assert messInode not in spareInodes(spares)
     assert world.files("mess") == []
 
     second = world.inject(b"longer-sender@example.org", [b"y@localhost", b"z@localhost"])
-    ((_, message),) = sendqueue.preprocessBatch(q, [second], rewriteLocal, spares)
+    ((_, message),) = sendpreprocess.preprocessBatch(q, [second], rewriteLocal, spares)
     infoSt = os.stat(sendqueue.path(q, "info", second))
     localSt = os.stat(sendqueue.path(q, LOCAL, second))
     assert {infoSt.st_ino, localSt.st_ino} <= {todoInode, *old.values()}
@@ -134,7 +134,7 @@ def test_crashAfterTakingASpareIsRedone(world):
     with open(sendqueue.path(q, "info", msgid), "wb") as f:
         f.write(b"garbage that is longer than the real thing")
     assert world.files("todo") == [msgid]
-    ((_, message),) = sendqueue.preprocessBatch(q, [msgid], rewriteLocal, spares)
+    ((_, message),) = sendpreprocess.preprocessBatch(q, [msgid], rewriteLocal, spares)
     assert world.read("info", msgid) == b"Fa@example.org\0"
     assert world.read(LOCAL, msgid) == b"Tx@localhost\0"
     assert world.files("todo") == []
