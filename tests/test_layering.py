@@ -32,8 +32,9 @@ def existing(names):
 
 
 RECEIVERS = existing(["smtp", "smtpsecure", "smtpdata", "smtpauth", "qmtp", "qmqp"])
-DELIVERY = {"send", "sendqueue", "sendchannel", "sendctl", "lspawn", "deliver", "localrun",
-            "remote", "smtpclient", "qmtpclient", "maildir", "maildirscan", "mbox"}
+DELIVERY = {"send", "sendqueue", "sendchannel", "sendctl", "sendtodo", "senddone", "sendpass",
+            "sendpreprocess", "sendfinish", "lspawn", "deliver", "localrun", "remote",
+            "smtpclient", "qmtpclient", "maildir", "maildirscan", "mbox"}
 PURE = existing(["address", "netstring", "envelope", "results", "smtpdata", "bounce", "rewrite",
                  "schedule", "dotqmail", "smtpauth", "token822", "inject"])
 
@@ -44,7 +45,9 @@ def test_receivers_stop_at_the_queue(module):
     assert importsOf(module) & DELIVERY == set()
 
 
-@pytest.mark.parametrize("module", existing(["send", "sendqueue", "sendchannel"]))
+@pytest.mark.parametrize("module", existing(["send", "sendqueue", "sendchannel", "sendtodo",
+                                             "senddone", "sendpass", "sendpreprocess",
+                                             "sendfinish"]))
 def test_send_never_parses_smtp_or_runs_user_code(module):
     """qmail-send's role talks to channels, not to sockets or .qmail programs."""
     assert importsOf(module) & {"smtp", "smtpsecure", "smtpclient", "qmtpclient", "deliver",
@@ -52,16 +55,24 @@ def test_send_never_parses_smtp_or_runs_user_code(module):
                                 "pop3d"} == set()
 
 
-@pytest.mark.parametrize("module", existing(["queue", "qqprogram", "envelope"]))
+@pytest.mark.parametrize("module", existing(["queue", "queuewriter", "queuefiles", "queuelayout",
+                                             "qqprogram", "envelope"]))
 def test_queue_knows_no_delivery(module):
     """The queue is written by injectors and read by send; it imports neither side."""
     assert importsOf(module) & (DELIVERY | {"smtp", "qmtp", "qmqp", "pop3", "pop3d"}) == set()
 
 
+def test_only_the_queue_writes_its_files():
+    """The Queue is the only writer of pid/ mess/ intd/ todo/: nothing but it creates writers."""
+    users = {p.stem for p in PACKAGE.glob("*.py") if "queuewriter" in importsOf(p.stem)}
+    assert users == {"queue"}, users
+
+
 @pytest.mark.parametrize("module", existing(["deliver", "localrun", "mbox"]))
 def test_delivery_stays_off_the_queue_dirs_and_network(module):
     """qmail-local's role touches mailboxes; the queue only through the queue program."""
-    assert importsOf(module) & {"queue", "send", "sendqueue", "remote", "smtpclient"} == set()
+    assert importsOf(module) & {"queue", "queuewriter", "send", "sendqueue", "sendpreprocess",
+                                "sendfinish", "remote", "smtpclient"} == set()
 
 
 @pytest.mark.parametrize("module", PURE)
