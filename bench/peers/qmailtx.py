@@ -21,15 +21,20 @@ BACKLOG = 1024
 #: twistd qmail --receivers: session processes beside the daemon (one less than the cores is
 #: the advice of README.md); QMAILTX_BENCH_RECEIVERS=0 measures the single-process daemon.
 RECEIVERS = int(os.environ.get("QMAILTX_BENCH_RECEIVERS", max(1, (os.cpu_count() or 2) - 1)))
-#: QMAILTX_BENCH_MULTILOG=1: bare qmail log lines (twistd --logger qmailtx.log.multilog), as
-#: under a supervisor's multilog; default twistd's own timestamped lines.
-MULTILOG = os.environ.get("QMAILTX_BENCH_MULTILOG", "") not in ("", "0")
+#: QMAILTX_BENCH_LOGGER=stamped: twistd's timestamped lines by qmailtx.log.stamped;
+#: =multilog (or QMAILTX_BENCH_MULTILOG=1): bare qmail lines, as under a supervisor's multilog;
+#: default twistd's own observer.
+LOGGER = os.environ.get("QMAILTX_BENCH_LOGGER", "") or (
+    "multilog" if os.environ.get("QMAILTX_BENCH_MULTILOG", "") not in ("", "0") else "")
+if LOGGER not in ("", "stamped", "multilog"):
+    raise SystemExit(f"QMAILTX_BENCH_LOGGER: unknown logger {LOGGER!r}")
+LOGGER_ARGS = ["--logger", f"qmailtx.log.{LOGGER}"] if LOGGER else []
 
 
 @registerPeer
 class QmailtxPeer(Peer):
     name = "qmailtx"
-    description = (f"twistd -n{' --logger qmailtx.log.multilog' if MULTILOG else ''} qmail "
+    description = (f"twistd -n{''.join(' ' + a for a in LOGGER_ARGS)} qmail "
                    f"--receivers {RECEIVERS} (this checkout), queue only")
 
     def missing(self):
@@ -68,7 +73,7 @@ class QmailtxPeer(Peer):
                 f.write(BENCH_DOMAIN + "\n")
 
     def command(self, port):
-        logger = ["--logger", "qmailtx.log.multilog"] if MULTILOG else []
+        logger = LOGGER_ARGS
         argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "-n", "--pidfile=", *logger, "qmail", "--root", str(self.directory / "root"),
                 "--smtp", f"tcp:{port}:interface=127.0.0.1:backlog={BACKLOG}",
