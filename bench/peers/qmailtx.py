@@ -23,7 +23,7 @@ BACKLOG = 1024
 RECEIVERS = int(os.environ.get("QMAILTX_BENCH_RECEIVERS", max(1, (os.cpu_count() or 2) - 1)))
 #: QMAILTX_BENCH_LOGGER=stamped: twistd's timestamped lines by qmailtx.log.stamped;
 #: =multilog (or QMAILTX_BENCH_MULTILOG=1): bare qmail lines, as under a supervisor's multilog;
-#: default twistd's own observer.
+#: default none: twistd -n qmail picks qmailtx.log.stamped itself.
 LOGGER = os.environ.get("QMAILTX_BENCH_LOGGER", "") or (
     "multilog" if os.environ.get("QMAILTX_BENCH_MULTILOG", "") not in ("", "0") else "")
 if LOGGER not in ("", "stamped", "multilog"):
