@@ -6,7 +6,8 @@ that existing qmail log tools can read them; text fields pass through L{logsafe}
 nothing.
 """
 
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from zope.interface import implementer
 
 _log = Logger(namespace="qmailtx")
 
@@ -51,6 +52,7 @@ def _qmailLine(event):
     return text
 
 
+@implementer(ILogObserver)
 class StampedObserver:
     """
     twistd's own text lines (C{2026-11-22T01:38:19+0000 [qmailtx#info] new msg 1}), byte
@@ -96,6 +98,7 @@ def stamped():
     return StampedObserver(sys.stdout)
 
 
+@implementer(ILogObserver)
 class MultilogObserver:
     """
     Log lines as qmail's programs write them, for multilog (or svlogd, s6-log) to stamp:

@@ -53,3 +53,16 @@ def test_stampedLinesAreTwistdsLines(monkeypatch):
     assert lines[1].endswith(" [SMTPServer,3,127.0.0.1] info msg 17: bytes 1166 from "
                              "<a@example.org> qp 4711 uid 0")
     assert time.strftime("%Y-%m-%dT", time.localtime(events[0]["log_time"])) in lines[0]
+
+
+def test_observersTakeNewStyleEvents():
+    """Both observers declare ILogObserver, so twistd hands them events directly instead of
+    through its legacy-observer wrapper (which converts every event first)."""
+    import io
+
+    from twisted.logger import ILogObserver
+
+    from qmailtx.log import MultilogObserver, StampedObserver
+
+    assert ILogObserver.providedBy(StampedObserver(io.StringIO()))
+    assert ILogObserver.providedBy(MultilogObserver(io.StringIO()))
