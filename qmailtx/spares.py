@@ -34,7 +34,7 @@ class SparePool:
     frees nor allocates an inode.
 
     A spare's content means nothing: it is truncated when taken, and a crash leaves at
-    worst a taken spare under a name that L{qmailtx.sendqueue.preprocessBatch} rewrites
+    worst a taken spare under a name that L{qmailtx.sendpreprocess.preprocessBatch} rewrites
     (its C{todo/} is still there).  Nothing else reads C{spare/}.  Thread-safe: preprocessing and finishing run
     in several threads.
     """
