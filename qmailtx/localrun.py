@@ -15,6 +15,7 @@ import time
 
 from qmailtx.dotqmail import errorStr
 from qmailtx.results import QQ_CRASHED, QQ_READ_ERROR, TempFailure, qqExitReport
+from qmailtx.safeio import writeAll
 
 OUTPUT_KEEP = 4096
 """Bytes of program output kept for the report (qmail-lspawn cuts reports at 3000)."""
@@ -97,12 +98,6 @@ def runProgram(command, env, cwd, messageFd, out, timeout, clock=time.monotonic)
     return status, None
 
 
-def _writeAll(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def envelope(sender, recipients):
     """The queue program's fd-1 envelope: C{F<sender>\\0}, C{T<r>\\0} each, then C{\\0}."""
     return (b"F" + sender + b"\0" + b"".join(b"T" + r + b"\0" for r in recipients) + b"\0")
@@ -139,19 +134,19 @@ def injectForward(command, root, env, dtline, message, sender, recipients):
         os.close(fd)
     writeFailed = False
     try:
-        _writeAll(messageWrite, dtline)
+        writeAll(messageWrite, dtline)
         while True:
             chunk = message.read(READ_CHUNK)
             if not chunk:
                 break
-            _writeAll(messageWrite, chunk)
+            writeAll(messageWrite, chunk)
     except OSError:
         writeFailed = True
     finally:
         os.close(messageWrite)
     try:
         if not writeFailed:
-            _writeAll(envelopeWrite, envelope(sender, recipients))
+            writeAll(envelopeWrite, envelope(sender, recipients))
     except OSError:
         writeFailed = True
     finally:

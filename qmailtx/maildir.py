@@ -21,6 +21,7 @@ import threading
 import time
 
 from qmailtx.results import TempFailure
+from qmailtx.safeio import writeAll
 
 SUBDIRS = (b"tmp", b"new", b"cur")
 
@@ -199,10 +200,8 @@ def _copy(fd, prefix, message):
 
 
 def _writeAll(fd, data):
-    view = memoryview(data)
     try:
-        while view:
-            view = view[os.write(fd, view):]
+        writeAll(fd, data)
     except OSError:
         raise TempFailure(TEMP_ERROR)
 

@@ -84,8 +84,3 @@ def _discard(path):
     except OSError:
         pass
 
-
-def _writeAll(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

@@ -13,7 +13,8 @@ import os
 from twisted.internet.defer import fail
 
 from qmailtx.envelope import EnvelopeError, encodeTodo
-from qmailtx.queuefiles import _discard, _failureFor, _Trouble, _writeAll
+from qmailtx.queuefiles import _discard, _failureFor, _Trouble
+from qmailtx.safeio import writeAll
 from qmailtx.queuelayout import splitName
 
 WRITE_BUFFER = 64 * 1024
@@ -62,7 +63,7 @@ class QueueWriter:
     def _flush(self):
         try:
             self._ensureFile()
-            _writeAll(self._fd, self._buffer)
+            writeAll(self._fd, self._buffer)
             self._size += len(self._buffer)
         except (OSError, _Trouble) as e:
             self._writeFailed = getattr(e, "code", 53)
@@ -129,7 +130,7 @@ class QueueWriter:
             self._intdFd = self._openIntd(intd)
             self._madeIntd = True
             try:
-                _writeAll(self._intdFd, todo)
+                writeAll(self._intdFd, todo)
                 self._cutRecycled(self._fd, self._size)
                 self._cutRecycled(self._intdFd, len(todo))
             except OSError:

@@ -16,6 +16,7 @@ from qmailtx.envelope import parseRecords
 from qmailtx.queuefiles import syncFiles
 from qmailtx.rewrite import LOCAL, REMOTE
 from qmailtx.sendqueue import CHANNELS, QueuedMessage, Record, _read, _remove, path
+from qmailtx.safeio import writeAll
 from qmailtx.spares import unlinkQuietly as _unlink
 
 class UnknownRecord(Exception):
@@ -38,9 +39,7 @@ def _writeNew(name, data, opened, spares=None):
             _unlink(name)
             fd = os.open(name, flags, 0o600)
     opened.append(fd)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    writeAll(fd, data)
     if recycled:
         os.ftruncate(fd, len(data))
     return os.fstat(fd).st_mtime

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from qmailtx.envelope import parseRecords
 from qmailtx.queuelayout import SPLIT
 from qmailtx.rewrite import LOCAL, REMOTE
+from qmailtx.safeio import writeAll
 from qmailtx.spares import SPARE, unlinkQuietly as _unlink
 
 CHANNELS = (LOCAL, REMOTE)
@@ -194,9 +195,7 @@ def appendBounce(queueDir, msgid, entry):
     fd = os.open(path(queueDir, "bounce", msgid),
                  os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(entry)
-        while view:
-            view = view[os.write(fd, view):]
+        writeAll(fd, entry)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -22,6 +22,7 @@ import pwd
 import sys
 
 from qmailtx.dotqmail import safeExt
+from qmailtx.safeio import writeAll
 
 MARKER = b"# written by qmailtx dotqm; edit the central file instead\n"
 INCLUDE_DEPTH = 8
@@ -94,9 +95,7 @@ def _writeAtomically(name, data):
     tmp = b"%s.dotqm%d" % (name, os.getpid())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        writeAll(fd, data)
         os.fchmod(fd, 0o600)
         os.fsync(fd)
     finally:

@@ -20,6 +20,7 @@ import os
 import sys
 
 from qmailtx import maildirscan
+from qmailtx.safeio import writeAll
 
 FRAME_LIMIT = 64 * 1024 * 1024
 """Largest frame accepted either way (a 50,000-message listing is about 3 MB)."""
@@ -191,10 +192,7 @@ def serve(inFd=0, outFd=1):
         if not data:
             return 0
         for frame in decoder.feed(data):
-            reply = netstring(session.handle(parseNetstrings(frame)))
-            view = memoryview(reply)
-            while view:
-                view = view[os.write(outFd, view):]
+            writeAll(outFd, netstring(session.handle(parseNetstrings(frame))))
 
 
 def main(argv):
