@@ -45,6 +45,11 @@ ENVELOPE_LIMIT = 4 * 1024 * 1024
 run out of memory somewhere, so more is answered 51 (qq out of memory)."""
 CLIENT_LIMIT = 40
 """Clients served at once; further ones wait in the listen backlog (tcpserver's -c)."""
+UID_LIMIT = CLIENT_LIMIT // 2
+"""Clients of one uid served at once: a user stalling connections (each may sit for
+L{STALL_TIMEOUT}) cannot take every place from the others' forwards and sendmails.  Root and
+the daemon's own uid (virtual mode's deliveries) are not limited.  A client over it is
+answered 71 at once, a temporary refusal its sender retries."""
 
 _log = Logger()
 _PEERCRED = struct.Struct("3i")
@@ -76,12 +81,19 @@ class QueueSocketProtocol(Protocol, TimeoutMixin):
         self._envelope = EnvelopeReader()
         self._envelopeBytes = 0
         self._writer = None
+        self._uid = None
         try:
             uid = self.factory.peerUid(self.transport)
         except (OSError, AttributeError):
             _log.failure("queue socket: no peer credentials")
             self._answer(81)
             return
+        if not self.factory.admitUid(uid):
+            log.warning(f"queue socket: uid {uid} has {self.factory.uidLimit} clients already; "
+                        "refused one")
+            self._answer(71)
+            return
+        self._uid = uid
         try:
             self._writer = self.factory.queue.begin(self.factory.howFor(uid), uid=uid)
         except (TempFailure, PermFailure) as f:
@@ -158,26 +170,30 @@ class QueueSocketProtocol(Protocol, TimeoutMixin):
         if self._state in ("message", "envelope") and self._writer is not None:
             self._state = "lost"
             self._writer.abort()
-        self.factory.clientEnded()
+        self.factory.clientEnded(self._uid)
 
 
 class QueueSocketFactory(Factory):
     """
     The queue socket's clients share the daemon's L{qmailtx.queue.Queue}.  At most
     C{clientLimit} are served at once; the listening port stops accepting until one ends.
+    At most C{uidLimit} of them may come from one uid (L{UID_LIMIT}).
     """
 
     protocol = QueueSocketProtocol
 
     def __init__(self, queue, root, reactor, peerUid=peerUid, timeout=STALL_TIMEOUT,
-                 clientLimit=CLIENT_LIMIT):
+                 clientLimit=CLIENT_LIMIT, uidLimit=UID_LIMIT, ownUid=None):
         self.queue = queue
         self.root = root
         self.reactor = reactor
         self.peerUid = peerUid
         self.timeout = timeout
         self.clientLimit = clientLimit
+        self.uidLimit = uidLimit
+        self.unlimited = {0, os.geteuid() if ownUid is None else ownUid}
         self.clients = 0
+        self.byUid = {}
         self.port = None
 
     def howFor(self, uid):
@@ -199,7 +215,22 @@ class QueueSocketFactory(Factory):
         if self.clients >= self.clientLimit and self.port is not None:
             self.port.stopReading()
 
-    def clientEnded(self):
+    def admitUid(self, uid):
+        """Count a client of C{uid}; C{False} (not counted) when it has too many already."""
+        if uid in self.unlimited:
+            return True
+        if self.byUid.get(uid, 0) >= self.uidLimit:
+            return False
+        self.byUid[uid] = self.byUid.get(uid, 0) + 1
+        return True
+
+    def clientEnded(self, uid=None):
+        if uid is not None and uid not in self.unlimited:
+            left = self.byUid[uid] - 1
+            if left:
+                self.byUid[uid] = left
+            else:
+                del self.byUid[uid]
         self.clients -= 1
         if self.clients == self.clientLimit - 1 and self.port is not None:
             self.port.startReading()

@@ -2,7 +2,8 @@
 The queue socket's server (qmailtx.queuesocket) over a StringTransport into a real queue on a
 temp dir: the client's uid from its credentials in the Received line and the todo record,
 qmail-queue's exit codes for every way a client can go wrong, the answer held until the commit
-is durable, a stalled client timed out, a large message streamed in bounded memory.
+is durable, a stalled client timed out, a large message streamed in bounded memory, the limits
+on clients in all and per uid.
 """
 
 import os
@@ -281,3 +282,50 @@ def test_clientLimitPausesAccepting(root):
     assert not factory.port.reading
     protos[0].connectionLost(None)
     assert factory.port.reading
+
+
+def test_uidLimitRefusesTheUidsNextClient(root):
+    """Past uidLimit clients of one uid, its next is answered 71 at once (no files begun);
+    other uids are served, and the uid gets a place again when one of its clients ends."""
+    clock = task.Clock()
+    uids = iter([1000, 1000, 1000, 1001, 1000])
+    factory = queuesocket.QueueSocketFactory(Queue(root, reactor=clock, runBlocking=syncRun),
+                                             root, clock, peerUid=lambda t: next(uids),
+                                             uidLimit=2, ownUid=4242)
+
+    def connect():
+        p = factory.buildProtocol(None)
+        t = StringTransport()
+        p.makeConnection(t)
+        return p, t
+
+    first = connect()
+    connect()
+    refused, refusedTransport = connect()
+    assert refusedTransport.value() == b"71\n" and refusedTransport.disconnecting
+    assert qqExitReport(71) == b"Zmail server temporarily rejected message (#4.3.0)"
+    other, otherTransport = connect()
+    assert otherTransport.value() == b""
+    refused.connectionLost(None)
+    assert factory.byUid == {1000: 2, 1001: 1}
+    first[0].connectionLost(None)
+    again, againTransport = connect()
+    assert againTransport.value() == b""
+    again.dataReceived(message(b"x\n") + ENVELOPE)
+    assert againTransport.value() == b"0\n"
+    again.connectionLost(None)
+    assert factory.byUid == {1000: 1, 1001: 1}
+
+
+@pytest.mark.parametrize("uid", [0, 4242])
+def test_rootAndTheDaemonsUidAreNotLimited(root, uid):
+    """Root's clients and the daemon's own (virtual mode's deliveries) are never refused."""
+    clock = task.Clock()
+    factory = queuesocket.QueueSocketFactory(Queue(root, reactor=clock, runBlocking=syncRun),
+                                             root, clock, peerUid=lambda t: uid,
+                                             uidLimit=1, ownUid=4242)
+    for _ in range(3):
+        transport = StringTransport()
+        factory.buildProtocol(None).makeConnection(transport)
+        assert transport.value() == b""
+    assert factory.byUid == {}
