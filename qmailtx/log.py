@@ -65,8 +65,7 @@ class StampedObserver:
 
     def __init__(self, stream):
         self.stream = stream
-        self._second = None
-        self._stamp = "-"
+        self._stamped = (None, "-")
 
     def __call__(self, event):
         from twisted.logger import formatEventAsClassicLogText, formatTime
@@ -79,14 +78,14 @@ class StampedObserver:
         else:
             when = event.get("log_time")
             second = None if when is None else int(when // 1)
-            if second != self._second:
-                self._second = second
-                self._stamp = formatTime(second)
+            stamped = self._stamped
+            if second != stamped[0]:
+                stamped = self._stamped = (second, formatTime(second))
             system = event.get("log_system")
             if system is None:
                 level = event.get("log_level")
                 system = f"{event.get('log_namespace', '-')}#{level.name if level else '-'}"
-            line = f"{self._stamp} [{system}] {text}\n"
+            line = f"{stamped[1]} [{system}] {text}\n"
         self.stream.write(line)
         self.stream.flush()
 

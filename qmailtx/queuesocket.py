@@ -191,7 +191,7 @@ class QueueSocketFactory(Factory):
         self.timeout = timeout
         self.clientLimit = clientLimit
         self.uidLimit = uidLimit
-        self.unlimited = {0, os.geteuid() if ownUid is None else ownUid}
+        self.ownUid = ownUid
         self.clients = 0
         self.byUid = {}
         self.port = None
@@ -215,9 +215,16 @@ class QueueSocketFactory(Factory):
         if self.clients >= self.clientLimit and self.port is not None:
             self.port.stopReading()
 
+    def unlimited(self, uid):
+        """
+        Root, and the daemon's own uid, asked when a client comes: a root-started daemon
+        takes its account's uid only after the service is built.
+        """
+        return uid == 0 or uid == (os.geteuid() if self.ownUid is None else self.ownUid)
+
     def admitUid(self, uid):
         """Count a client of C{uid}; C{False} (not counted) when it has too many already."""
-        if uid in self.unlimited:
+        if self.unlimited(uid):
             return True
         if self.byUid.get(uid, 0) >= self.uidLimit:
             return False
@@ -225,7 +232,7 @@ class QueueSocketFactory(Factory):
         return True
 
     def clientEnded(self, uid=None):
-        if uid is not None and uid not in self.unlimited:
+        if uid is not None and uid in self.byUid:
             left = self.byUid[uid] - 1
             if left:
                 self.byUid[uid] = left

@@ -3,7 +3,7 @@ A complete, working qmail root (C{qmailtx init}, and the embedded default's firs
 
 Writes C{control/} (with a self-signed C{servercert.pem}, so STARTTLS works out of the box
 and a real certificate replaces it without a restart), C{queue/} (through
-L{qmailtx.queue.createLayout}), C{users/}, C{alias/} with its Maildir and the
+L{qmailtx.queuelayout.createLayout}), C{users/}, C{alias/} with its Maildir and the
 postmaster/root/mailer-daemon aliases, and C{rules/smtp}: relaying for 127.0.0.1 only,
 everything else allowed to deliver locally.  Never touches an existing root.
 """

@@ -6,7 +6,8 @@ registers the socket for writability with epoll, waits for the next poll, sends,
 unregisters it again.  That is two C{epoll_ctl} calls and one more loop pass for every reply
 of a protocol that answers one short line per command, as SMTP, QMTP and QMQP do, while the
 socket's buffer is nearly always empty.  L{writeNow} sends at once in that case and leaves
-every other case (data already queued, a partial send, an error, a closing or TLS transport,
+every other case (data already queued, a partial send, an error, a closing, aborted or TLS
+transport,
 anything that is not a plain TCP connection) to the transport's own C{write}, so ordering,
 flow control and error handling stay Twisted's.  Decides nothing; must not import protocols.
 """
@@ -26,6 +27,7 @@ def writeNow(transport, data):
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnected
+        and not getattr(transport, "_aborting", False)
         and not transport._tempDataLen
         and transport.offset == len(transport.dataBuffer)
     ):

@@ -6,7 +6,6 @@ The local-delivery tools as commands: newu, pw2u, preline, local (-n), dotqm, qm
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest

@@ -1,4 +1,4 @@
-"""qmailtx.queue.createLayout: qmail's queue directories, lock files and modes."""
+"""qmailtx.queuelayout.createLayout: qmail's queue directories, lock files and modes."""
 
 import os
 import stat

@@ -329,3 +329,17 @@ def test_rootAndTheDaemonsUidAreNotLimited(root, uid):
         factory.buildProtocol(None).makeConnection(transport)
         assert transport.value() == b""
     assert factory.byUid == {}
+
+
+def test_daemonsUidAskedWhenClientsCome(root, monkeypatch):
+    """A root-started daemon builds the factory before it takes its account's uid; that
+    uid is exempt all the same."""
+    clock = task.Clock()
+    monkeypatch.setattr(queuesocket.os, "geteuid", lambda: 0)
+    factory = queuesocket.QueueSocketFactory(Queue(root, reactor=clock, runBlocking=syncRun),
+                                             root, clock, peerUid=lambda t: 4343, uidLimit=1)
+    monkeypatch.setattr(queuesocket.os, "geteuid", lambda: 4343)
+    for _ in range(3):
+        transport = StringTransport()
+        factory.buildProtocol(None).makeConnection(transport)
+        assert transport.value() == b""

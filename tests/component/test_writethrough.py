@@ -70,7 +70,7 @@ def test_what_the_socket_does_not_take_is_queued(pair):
     assert transport not in reactor.getWriters()
 
 
-@pytest.mark.parametrize("state", ["disconnecting", "TLS"])
+@pytest.mark.parametrize("state", ["disconnecting", "TLS", "_aborting"])
 def test_closing_or_tls_transport_gets_its_own_write(pair, state):
     transport, peer, reactor = pair
     written = []
