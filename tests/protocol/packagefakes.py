@@ -3,7 +3,6 @@
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
-from qmailtx.results import TempFailure
 
 NOW = 1732217160
 """21 Nov 2024 19:26:00 UTC."""

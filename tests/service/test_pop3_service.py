@@ -12,7 +12,6 @@ import poplib
 import tempfile
 
 from twisted.internet import reactor, threads
-from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.names import dns
 from twisted.trial import unittest
 

@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from qmailtx.envelope import parseEnvelope
 from tests.service.daemon import Daemon
 
 

@@ -15,7 +15,7 @@ from twisted.names.error import DNSNameError, DNSServerError
 from qmailtx import remote
 from qmailtx.remote import RemoteDeliverer, combine
 from qmailtx.remoteroute import (
-    TimeoutTable, findRoute, literalAddress, mxpsQMTP, orderExchangers)
+    TimeoutTable, findRoute, literalAddress, mxpsQMTP)
 from qmailtx.results import Delivered, PermFailure, TempFailure
 from qmailtx.smtpclient import Failed
 
