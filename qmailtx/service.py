@@ -19,7 +19,7 @@ from qmailtx.qqprogram import ProgramQueue
 from qmailtx.queue import Queue
 from qmailtx.rootdir import createRoot
 from qmailtx.rules import RulesSource
-from qmailtx.smtp import SMTPFactory
+from qmailtx.smtpfactory import SMTPFactory
 from qmailtx.tcpserver import RulesFactory
 
 DEFAULT_MAXCONN = 40

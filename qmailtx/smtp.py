@@ -4,20 +4,20 @@ qmail-smtpd as a Twisted protocol (spec/smtp.md §1–6).
 Owns the SMTP dialogue: command framing with a bounded line, verbs and their exact replies,
 PIPELINING with replies strictly in order, and the DATA phase streamed into a queue writer
 through L{qmailtx.smtpdata.DataReader}.  Policy decisions are the pure functions of
-L{qmailtx.address}; control files arrive as an L{SmtpControls} snapshot from the factory; the
-queue is whatever the factory hands out (the in-process queue, or the C{QMAILQUEUE}
-program).  STARTTLS, SMTPS and AUTH (§7–8) come from the mixins of L{qmailtx.smtpsecure}.
+L{qmailtx.address}; control files arrive as an L{SmtpControls} snapshot from the factory
+(L{qmailtx.smtpfactory}); the queue is whatever the factory hands out (the in-process queue,
+or the C{QMAILQUEUE} program).  STARTTLS, SMTPS and AUTH (§7–8) come from the mixins of L{qmailtx.smtpsecure}.
 Never reads queue directories, never delivers.
 """
 
 from twisted.internet import defer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 
 from qmailtx import address, log
 from qmailtx.control import ControlError
 from qmailtx.results import TempFailure, smtpReply
 from qmailtx.smtpdata import HOP_LIMIT, BareLineFeed, DataReader
-from qmailtx.smtpsecure import SecureFactory, SecureSession
+from qmailtx.smtpsecure import SecureSession
 from qmailtx.writethrough import writeNow
 
 COMMAND_LINE_LIMIT = 4096
@@ -30,9 +30,6 @@ RFC 5321 §4.5.3.1.8 asks for at least 100 (Postfix also stops at 1000)."""
 
 PIPELINE_LIMIT = 64 * 1024
 """Pipelined bytes held while a reply is pending (a DATA commit) before reading pauses."""
-
-CONTROL_RECHECK = 1.0
-"""Seconds a control snapshot serves new connections before the files are stat'ed again."""
 
 BARE_LF = b"451 See https://cr.yp.to/docs/smtplf.html.\r\n"
 
@@ -409,65 +406,4 @@ class SMTPServer(SecureSession, Protocol):
     def do_QUIT(self, arg):
         self.reply(b"221 " + self._greeting())
         self._close()
-
-
-class SMTPFactory(SecureFactory, Factory):
-    """
-    Shared state of one SMTP listener: controls, queue, ipme, the idle-timeout wheel.
-
-    @ivar queue: the in-process L{qmailtx.queue.Queue}.
-    @ivar programQueue: C{(program, env) -> writer source} for C{QMAILQUEUE}.
-    """
-
-    protocol = SMTPServer
-    busyReply = b"421 too many connections from your address (#4.3.2)\r\n"
-
-    def __init__(self, controls, queue, clock, ipme=frozenset(), programQueue=None):
-        from qmailtx.control import loadSmtpControls
-        from qmailtx.timeouts import IdleTimeouts
-
-        self.controlDir = controls
-        self._load = loadSmtpControls
-        self.queue = queue
-        self.clock = clock
-        self.ipme = ipme
-        self.programQueue = programQueue
-        self.timeouts = IdleTimeouts(clock)
-        self._snapshot = None
-        self._loadedAt = 0.0
-
-    def loadControls(self):
-        """
-        The current snapshot; the same object while no control file changed.  qmail-smtpd
-        re-reads its controls per connection; the files are looked at (a stat each) at most
-        every L{CONTROL_RECHECK} seconds, so a burst of connections costs no more, and an edit
-        still reaches the next connection a moment later.
-        """
-        now = self.clock.seconds()
-        if self._snapshot is not None and now - self._loadedAt < CONTROL_RECHECK:
-            return self._snapshot
-        snapshot = self._load(self.controlDir)
-        self._loadedAt = now
-        if snapshot != self._snapshot:
-            self._snapshot = snapshot
-        return self._snapshot
-
-    def queueFor(self, env):
-        program = env.get("QMAILQUEUE")
-        if program and self.programQueue is not None:
-            return self.programQueue(program, env)
-        return self.queue
-
-    def envFromTransport(self, transport):
-        peer, host = transport.getPeer(), transport.getHost()
-        return {
-            "PROTO": "TCP",
-            "TCPREMOTEIP": getattr(peer, "host", "unknown"),
-            "TCPREMOTEPORT": str(getattr(peer, "port", 0)),
-            "TCPLOCALIP": getattr(host, "host", "unknown"),
-            "TCPLOCALPORT": str(getattr(host, "port", 0)),
-        }
-
-    def stopFactory(self):
-        self.timeouts.stop()
 

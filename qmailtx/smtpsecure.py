@@ -1,6 +1,6 @@
 """
 The STARTTLS/SMTPS and SMTP AUTH side of the SMTP session (spec/smtp.md §7–8), as mixins
-for L{qmailtx.smtp.SMTPServer} and L{qmailtx.smtp.SMTPFactory}.
+for L{qmailtx.smtp.SMTPServer} and L{qmailtx.smtpfactory.SMTPFactory}.
 
 Owns: the TLS switch (discarding plaintext pipelined behind STARTTLS and resetting HELO,
 transaction and AUTH, so no command crosses the switch), implicit TLS before the banner,

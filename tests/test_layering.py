@@ -31,7 +31,7 @@ def existing(names):
     return [n for n in names if (PACKAGE / f"{n}.py").exists()]
 
 
-RECEIVERS = existing(["smtp", "smtpsecure", "smtpdata", "smtpauth", "qmtp", "qmqp"])
+RECEIVERS = existing(["smtp", "smtpfactory", "smtpsecure", "smtpdata", "smtpauth", "qmtp", "qmqp"])
 DELIVERY = {"send", "sendqueue", "sendchannel", "sendctl", "sendtodo", "senddone", "sendpass",
             "sendpreprocess", "sendfinish", "lspawn", "deliver", "localrun", "remote",
             "smtpclient", "qmtpclient", "maildir", "maildirscan", "mbox"}

@@ -78,7 +78,7 @@ def smtpd(root, environ):
     from qmailtx.control import ControlDir
     from qmailtx.qqprogram import ProgramQueue
     from qmailtx.scripts.deliverworker import defaultQueueCommand
-    from qmailtx.smtp import SMTPFactory
+    from qmailtx.smtpfactory import SMTPFactory
 
     env = {os.fsdecode(k): os.fsdecode(v) for k, v in environ.items()}
     command = [os.fsencode(environ[b"QMAILQUEUE"])] if environ.get(b"QMAILQUEUE") \

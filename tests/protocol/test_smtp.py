@@ -8,7 +8,8 @@ from twisted.internet.testing import StringTransport
 
 from qmailtx.control import ControlDir
 from qmailtx.results import PermFailure, TempFailure
-from qmailtx.smtp import COMMAND_LINE_LIMIT, SMTPFactory
+from qmailtx.smtp import COMMAND_LINE_LIMIT
+from qmailtx.smtpfactory import SMTPFactory
 
 
 class FakeWriter:

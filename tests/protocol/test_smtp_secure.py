@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 from qmailtx import checkpassword, smtpauth, smtpsecure
 from qmailtx.control import ControlDir
 from qmailtx.results import TempFailure
-from qmailtx.smtp import SMTPFactory
+from qmailtx.smtpfactory import SMTPFactory
 from qmailtx.tls import ServerTLS, selfSignedPEM
 from tests.protocol.test_smtp import FakeQueue, Session, root  # noqa: F401 (fixture)
 
