@@ -17,7 +17,7 @@ from twisted.protocols.policies import TimeoutMixin
 from qmailtx.nodelay import setNoDelay
 from qmailtx import netstring
 from qmailtx.encoder import MessageStreamer, verbatim
-from qmailtx.smtpclient import Attempt, diedReport
+from qmailtx.smtpdialogue import Attempt, diedReport
 
 RESPONSE_LIMIT = 5000
 """Bytes of one response netstring kept (as much as qmail-remote keeps of an SMTP reply)."""

@@ -3,7 +3,7 @@ The remote channel: qmail-remote's semantics for the queue manager (spec/remote.
 
 L{RemoteDeliverer} takes one message and the recipients of one host, finds where to send
 it (C{qmtproutes}, C{smtproutes}, MX with A/AAAA fallback, MXPS, the self-MX rule, the
-connect-timeout table), speaks SMTP (L{qmailtx.smtpclient}) or QMTP
+connect-timeout table), speaks SMTP (L{qmailtx.smtpclient}, L{qmailtx.smtpdialogue}) or QMTP
 (L{qmailtx.qmtpclient}) and returns one results value per recipient with qmail-remote's
 texts, combined as qmail-rspawn combines them.  Open SMTP connections are kept a few
 seconds per destination and reused (RSET before each further transaction).
@@ -20,7 +20,7 @@ from twisted.internet.protocol import Factory
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 
-from qmailtx import log, qmtpclient, smtpclient
+from qmailtx import log, qmtpclient, smtpclient, smtpdialogue
 from qmailtx.bounce import quoteLocal
 from qmailtx.control import ControlError
 from qmailtx.encoder import PARTIAL_LINE, partialFinalLine
@@ -205,10 +205,10 @@ class RemoteDeliverer:
     @defer.inlineCallbacks
     def attempt(self, host, sender, recipients, messPath):
         """
-        qmail-remote's run: an L{smtpclient.Attempt} with its recipient reports and its
+        qmail-remote's run: an L{smtpdialogue.Attempt} with its recipient reports and its
         message report (what C{qmailtx remote} prints).
         """
-        blank = smtpclient.Attempt([None] * len(recipients))
+        blank = smtpdialogue.Attempt([None] * len(recipients))
         try:
             settings = self._settings(host)
         except ControlError:
@@ -233,7 +233,7 @@ class RemoteDeliverer:
             message = (messPath, messageFile, size)
             try:
                 result = yield self._send(host, settings, sender, recipients, message)
-            except smtpclient.Failed as e:
+            except smtpdialogue.Failed as e:
                 blank.message = e.report
                 return blank
             return result
@@ -302,10 +302,10 @@ class RemoteDeliverer:
             client.born = self.reactor.seconds()
             policy = tlsPolicy(self.controls, host, candidate.name)
             credentials = route.credentials if route is not None else None
-            yield smtpclient.openSession(client, settings["helohost"], policy, credentials)
+            yield smtpdialogue.openSession(client, settings["helohost"], policy, credentials)
             attempt = yield self._transaction(client, key, sender, recipients, message)
             return attempt
-        raise smtpclient.Failed(NO_CONNECTION)
+        raise smtpdialogue.Failed(NO_CONNECTION)
 
     @defer.inlineCallbacks
     def _transaction(self, client, key, sender, recipients, message):
@@ -314,8 +314,8 @@ class RemoteDeliverer:
             messageFile.seek(0)
         except OSError:
             client.quit()
-            return smtpclient.Attempt([None] * len(recipients), READ_TEXT)
-        attempt = yield smtpclient.transaction(client, sender, recipients, messageFile, size)
+            return smtpdialogue.Attempt([None] * len(recipients), READ_TEXT)
+        attempt = yield smtpdialogue.transaction(client, sender, recipients, messageFile, size)
         if client.reusable and client.connected:
             self.cache.give(key, client)
         else:
@@ -334,11 +334,11 @@ class RemoteDeliverer:
         else:
             found = yield self._exchangers(host, mxps)
         if not found:
-            raise smtpclient.Failed(NO_MX)
+            raise smtpdialogue.Failed(NO_MX)
         best = min([c.preference for c in found if c.address in self.ipme], default=None)
         usable = [c for c in found if best is None or c.preference < best]
         if not usable:
-            raise smtpclient.Failed(AMBIGUOUS_MX)
+            raise smtpdialogue.Failed(AMBIGUOUS_MX)
         return usable
 
     @defer.inlineCallbacks
@@ -348,14 +348,14 @@ class RemoteDeliverer:
         except DNSNameError:
             answers = []
         except Exception:
-            raise smtpclient.Failed(TEMP_DNS)
+            raise smtpdialogue.Failed(TEMP_DNS)
         exchangers = [(a.payload.preference, a.payload.name.name) for a in answers
                       if a.type == dns.MX]
         if not exchangers:
             addresses = yield self._hostAddresses(host)
             return [Candidate(0, a, self.smtpPort, host, False) for a in addresses]
         if all(name in (b"", b".") for _, name in exchangers):
-            raise smtpclient.Failed(nullMX(host))
+            raise smtpdialogue.Failed(nullMX(host))
         ordered = orderExchangers(exchangers, self.rng)
         lookups = yield defer.DeferredList(
             [self._lookupBoth(name) for _, name in ordered], consumeErrors=True)
@@ -366,7 +366,7 @@ class RemoteDeliverer:
             port = self.qmtpPort if qmtp else self.smtpPort
             found += [Candidate(preference, a, port, name, qmtp) for a in addresses]
         if not found and soft:
-            raise smtpclient.Failed(TEMP_DNS)
+            raise smtpdialogue.Failed(TEMP_DNS)
         return found
 
     @defer.inlineCallbacks
@@ -378,10 +378,10 @@ class RemoteDeliverer:
         if addresses:
             return addresses
         if missing:
-            raise smtpclient.Failed(permDNS(name))
+            raise smtpdialogue.Failed(permDNS(name))
         if temporary:
-            raise smtpclient.Failed(TEMP_DNS)
-        raise smtpclient.Failed(NO_MX)
+            raise smtpdialogue.Failed(TEMP_DNS)
+        raise smtpdialogue.Failed(NO_MX)
 
     @defer.inlineCallbacks
     def _lookupBoth(self, name):
@@ -424,7 +424,7 @@ def _diedBeforeReply(attempt, client):
     so the message goes over a fresh connection instead of being deferred.
     """
     return (all(r is None for r in attempt.recipients)
-            and attempt.message == smtpclient.diedReport(client.peerAddress()))
+            and attempt.message == smtpdialogue.diedReport(client.peerAddress()))
 
 
 def _endpoint(reactor, address, port, timeout):

@@ -18,7 +18,7 @@ from functools import lru_cache
 class Route:
     """
     An artificial route: connect only to C{relay} (a name or a literal address) on
-    C{port}; C{credentials} (an L{qmailtx.smtpclient.Credentials}) for AUTH, or C{None}.
+    C{port}; C{credentials} (an L{qmailtx.smtpdialogue.Credentials}) for AUTH, or C{None}.
     """
 
     relay: bytes
@@ -73,7 +73,7 @@ def findRoute(lines, host, defaultPort):
 
 def parseRoute(value, defaultPort):
     """C{relay[:port][|user|password]} to a L{Route}, or C{None} for an empty relay."""
-    from qmailtx.smtpclient import Credentials
+    from qmailtx.smtpdialogue import Credentials
 
     credentials = None
     parts = value.split(b"|", 2)
@@ -169,7 +169,7 @@ def _safeName(name):
 
 def tlsPolicy(controls, domain, serverName):
     """
-    The L{qmailtx.smtpclient.TLSPolicy} for a connection to C{serverName} carrying mail
+    The L{qmailtx.smtpdialogue.TLSPolicy} for a connection to C{serverName} carrying mail
     for C{domain}, or C{None} for no STARTTLS at all.
 
       - C{control/notlshosts/<server>} exists: no TLS.
@@ -180,7 +180,7 @@ def tlsPolicy(controls, domain, serverName):
       - otherwise: STARTTLS when offered, certificate not checked.
     C{control/clientcert.pem} (key and certificate) is presented when it exists.
     """
-    from qmailtx.smtpclient import TLSPolicy
+    from qmailtx.smtpdialogue import TLSPolicy
 
     base = controls.path
     safe = _safeName(serverName)

@@ -34,7 +34,7 @@ def existing(names):
 RECEIVERS = existing(["smtp", "smtpfactory", "smtpsecure", "smtpdata", "smtpauth", "qmtp", "qmqp"])
 DELIVERY = {"send", "sendqueue", "sendchannel", "sendctl", "sendtodo", "senddone", "sendpass",
             "sendpreprocess", "sendfinish", "lspawn", "deliver", "localrun", "remote",
-            "smtpclient", "qmtpclient", "maildir", "maildirscan", "mbox"}
+            "smtpclient", "smtpdialogue", "qmtpclient", "maildir", "maildirscan", "mbox"}
 PURE = existing(["address", "netstring", "envelope", "results", "smtpdata", "bounce", "rewrite",
                  "schedule", "dotqmail", "smtpauth", "token822", "inject"])
 
@@ -50,8 +50,8 @@ def test_receivers_stop_at_the_queue(module):
                                              "sendfinish"]))
 def test_send_never_parses_smtp_or_runs_user_code(module):
     """qmail-send's role talks to channels, not to sockets or .qmail programs."""
-    assert importsOf(module) & {"smtp", "smtpsecure", "smtpclient", "qmtpclient", "deliver",
-                                "localrun", "maildir", "maildirscan", "mbox", "pop3",
+    assert importsOf(module) & {"smtp", "smtpsecure", "smtpclient", "smtpdialogue", "qmtpclient",
+                                "deliver", "localrun", "maildir", "maildirscan", "mbox", "pop3",
                                 "pop3d"} == set()
 
 
@@ -72,7 +72,7 @@ def test_only_the_queue_writes_its_files():
 def test_delivery_stays_off_the_queue_dirs_and_network(module):
     """qmail-local's role touches mailboxes; the queue only through the queue program."""
     assert importsOf(module) & {"queue", "queuewriter", "send", "sendqueue", "sendpreprocess",
-                                "sendfinish", "remote", "smtpclient"} == set()
+                                "sendfinish", "remote", "smtpclient", "smtpdialogue"} == set()
 
 
 @pytest.mark.parametrize("module", PURE)

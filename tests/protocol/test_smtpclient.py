@@ -12,8 +12,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.test.iosim import FakeTransport, connect
 
-from qmailtx import smtpclient
-from qmailtx.smtpclient import Credentials, ReplyParser, SMTPClient
+from qmailtx import smtpclient, smtpdialogue
+from qmailtx.smtpclient import ReplyParser, SMTPClient
+from qmailtx.smtpdialogue import Credentials
 from tests.protocol.smtpfakes import ScriptedServer
 
 IP = b"1.2.3.4"
@@ -39,12 +40,12 @@ class Session:
 
     def deliver(self, message=b"Subject: x\n\nbody\n", recipients=(b"a@x.org",),
                 helohost=b"me.example", credentials=None, sender=b"s@y.org"):
-        opened = self.run(smtpclient.openSession(self.client, helohost, None, credentials))
-        if isinstance(opened, smtpclient.Failed) or hasattr(opened, "value"):
+        opened = self.run(smtpdialogue.openSession(self.client, helohost, None, credentials))
+        if isinstance(opened, smtpdialogue.Failed) or hasattr(opened, "value"):
             value = getattr(opened, "value", opened)
-            assert isinstance(value, smtpclient.Failed), opened
-            return smtpclient.Attempt([None] * len(recipients), value.report)
-        return self.run(smtpclient.transaction(
+            assert isinstance(value, smtpdialogue.Failed), opened
+            return smtpdialogue.Attempt([None] * len(recipients), value.report)
+        return self.run(smtpdialogue.transaction(
             self.client, sender, list(recipients), io.BytesIO(message), len(message)))
 
 
@@ -148,9 +149,9 @@ def test_droppedAtGreeting():
 def test_timeout():
     """No reply within timeoutremote: the connection is dropped and the delivery deferred."""
     s = Session({"MAIL": b""}, timeout=30)
-    s.run(smtpclient.openSession(s.client, b"me", None, None))
+    s.run(smtpdialogue.openSession(s.client, b"me", None, None))
     results = []
-    smtpclient.transaction(s.client, b"s@y", [b"a@x"], io.BytesIO(b"x\n"), 2).addBoth(
+    smtpdialogue.transaction(s.client, b"s@y", [b"a@x"], io.BytesIO(b"x\n"), 2).addBoth(
         results.append)
     s.pump.flush()
     assert not results
@@ -170,11 +171,11 @@ def test_partialFinalLine():
 def test_pipelinedOneWrite():
     """With PIPELINING, MAIL, every RCPT and DATA leave in one write, with SIZE."""
     s = Session()
-    s.run(smtpclient.openSession(s.client, b"me", None, None))
+    s.run(smtpdialogue.openSession(s.client, b"me", None, None))
     writes = []
     original = s.client.transport.write
     s.client.transport.write = lambda data: (writes.append(data), original(data))
-    s.run(smtpclient.transaction(s.client, b"s@y", [b"a@x", b"b@x"], io.BytesIO(b"hi\n"), 3))
+    s.run(smtpdialogue.transaction(s.client, b"s@y", [b"a@x", b"b@x"], io.BytesIO(b"hi\n"), 3))
     assert writes[0] == (b"MAIL FROM:<s@y> SIZE=3\r\nRCPT TO:<a@x>\r\nRCPT TO:<b@x>\r\n"
                          b"DATA\r\n")
 
@@ -190,7 +191,7 @@ def test_resetBeforeNextTransaction():
     s = Session()
     s.deliver()
     assert b"RSET" not in s.server.lines
-    a = s.run(smtpclient.transaction(s.client, b"s@y", [b"b@x"], io.BytesIO(b"2\n"), 2))
+    a = s.run(smtpdialogue.transaction(s.client, b"s@y", [b"b@x"], io.BytesIO(b"2\n"), 2))
     assert a.message.startswith(b"K") and len(s.server.messages) == 2
     assert s.server.lines[-4:] == [b"RSET", b"MAIL FROM:<s@y> SIZE=2", b"RCPT TO:<b@x>", b"DATA"]
 
@@ -199,7 +200,7 @@ def test_resetWithoutPipelining():
     """Without PIPELINING the RSET is its own round trip before MAIL."""
     s = Session({"EHLO": b"250 fake\r\n"})
     s.deliver()
-    a = s.run(smtpclient.transaction(s.client, b"s@y", [b"b@x"], io.BytesIO(b"2\n"), 2))
+    a = s.run(smtpdialogue.transaction(s.client, b"s@y", [b"b@x"], io.BytesIO(b"2\n"), 2))
     assert a.message.startswith(b"K")
     assert s.server.lines[-4:-2] == [b"RSET", b"MAIL FROM:<s@y>"]
 
@@ -224,7 +225,7 @@ def test_authOverTLS(mechanisms, expected):
                  if b"PLAIN" not in mechanisms else b"235 ok\r\n",
                  "DQ==": b"334 UGFzc3dvcmQ6\r\n", "CA==": b"235 ok\r\n"})
     s.client.secure = True
-    s.run(smtpclient.openSession(s.client, b"me", None, Credentials(b"u", b"p")))
+    s.run(smtpdialogue.openSession(s.client, b"me", None, Credentials(b"u", b"p")))
     assert [l for l in s.server.lines if l not in (b"EHLO me",)] == expected
 
 

@@ -17,7 +17,7 @@ from qmailtx.remote import RemoteDeliverer, combine
 from qmailtx.remoteroute import (
     TimeoutTable, findRoute, literalAddress, mxpsQMTP)
 from qmailtx.results import Delivered, PermFailure, TempFailure
-from qmailtx.smtpclient import Failed
+from qmailtx.smtpdialogue import Failed
 
 
 class FakeResolver:
