@@ -2,11 +2,12 @@
 The remote channel: qmail-remote's semantics for the queue manager (spec/remote.md).
 
 L{RemoteDeliverer} takes one message and the recipients of one host, finds where to send
-it (C{qmtproutes}, C{smtproutes}, MX with A/AAAA fallback, MXPS, the self-MX rule, the
-connect-timeout table), speaks SMTP (L{qmailtx.smtpclient}, L{qmailtx.smtpdialogue}) or QMTP
+it (C{qmtproutes}, C{smtproutes} and the address rules of L{qmailtx.remoteroute}, MX with
+A/AAAA fallback through L{qmailtx.resolver}, MXPS, the self-MX rule, the connect-timeout
+table), speaks SMTP (L{qmailtx.smtpclient}, L{qmailtx.smtpdialogue}) or QMTP
 (L{qmailtx.qmtpclient}) and returns one results value per recipient with qmail-remote's
 texts, combined as qmail-rspawn combines them.  Open SMTP connections are kept a few
-seconds per destination and reused (RSET before each further transaction).
+seconds per destination and reused (L{qmailtx.remotecache}).
 
 Reads C{control/} and the queue file; writes nothing on disk (the timeout table is kept in
 memory, spec/remote.md §6 allows it).  Must not import the queue, send or the servers.
@@ -25,9 +26,11 @@ from qmailtx.bounce import quoteLocal
 from qmailtx.control import ControlError
 from qmailtx.encoder import PARTIAL_LINE, partialFinalLine
 from qmailtx.ipme import ipme as localAddresses
+from qmailtx.remotecache import ConnectionCache
 from qmailtx.remoteroute import (
     Candidate, TimeoutTable, keyTable, literalAddress, lookupKey, mxpsQMTP, orderExchangers,
     parseRoute, tlsPolicy)
+from qmailtx.resolver import RESOLV_CONF_VARIABLE, systemResolver
 from qmailtx.results import Delivered, PermFailure, TempFailure
 
 SMTP_PORT = 25
@@ -42,12 +45,6 @@ AMBIGUOUS_MX = (b"DSorry. Although I'm listed as a best-preference MX or A for t
                 b"it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)\n")
 UNKNOWN_TROUBLE = b"Zqmail-remote crashed.\n"
 
-IDLE_SECONDS = 5
-"""How long an idle SMTP connection is kept for a next message (Postfix keeps 2 s)."""
-REUSE_SECONDS = 300
-"""Age after which a connection is no longer reused (Postfix's reuse time limit)."""
-IDLE_PER_DESTINATION = 40
-"""Idle connections kept per destination: twice the default concurrencyremote."""
 CONTROL_RECHECK = 1.0
 """Seconds the control settings serve deliveries before the files are looked at again:
 qmail-remote reads them once per run, and a stat per file per message was a fifth of the
@@ -94,67 +91,6 @@ def combine(recipientReport, messageReport):
     if chosen == 0:
         return TempFailure(text)
     return PermFailure(text)
-
-
-class ConnectionCache:
-    """Idle SMTP connections by destination key, each dropped after L{IDLE_SECONDS}."""
-
-    def __init__(self, clock):
-        self._clock = clock
-        self._idle = {}
-
-    def take(self, key):
-        clients = self._idle.get(key)
-        while clients:
-            client, timer, born = clients.pop()
-            timer.cancel()
-            if client.connected and self._clock.seconds() - born < REUSE_SECONDS:
-                return client
-            client.quit()
-        return None
-
-    def give(self, key, client):
-        clients = self._idle.setdefault(key, [])
-        if not client.connected or len(clients) >= IDLE_PER_DESTINATION:
-            client.quit()
-            return
-        born = getattr(client, "born", self._clock.seconds())
-        entry = [client, None, born]
-        entry[1] = self._clock.callLater(IDLE_SECONDS, self._expire, key, entry)
-        clients.append(entry)
-
-    def _expire(self, key, entry):
-        clients = self._idle.get(key, [])
-        if entry in clients:
-            clients.remove(entry)
-            entry[0].quit()
-        if not clients:
-            self._idle.pop(key, None)
-
-    def closeAll(self):
-        for clients in self._idle.values():
-            for client, timer, _ in clients:
-                timer.cancel()
-                client.quit()
-        self._idle.clear()
-
-
-RESOLV_CONF_VARIABLE = "QMAILTX_RESOLV_CONF"
-"""Names a resolv.conf to use instead of /etc/resolv.conf (tests point it at loopback)."""
-
-
-def systemResolver(reactor, resolvconf=None):
-    """
-    What C{twisted.names.client.createResolver} builds (hosts file, cache, resolv.conf
-    servers), but on C{reactor}: its timers then live and die with the daemon's reactor.
-    """
-    from twisted.names import cache, client, hosts, resolve
-
-    return resolve.ResolverChain([
-        hosts.Resolver(file=b"/etc/hosts"),
-        cache.CacheResolver(reactor=reactor),
-        client.Resolver(resolv=resolvconf or "/etc/resolv.conf", reactor=reactor),
-    ])
 
 
 class RemoteDeliverer:
