@@ -3,10 +3,11 @@ qmail-lspawn inside the daemon (spec/local.md §1, §9): the L{LocalSpawner} ser
 
 For each local recipient it decides who delivers (L{qmailtx.users}), then hands the delivery
 to a long-lived C{qmailtx deliverworker} running as that user, spoken to through a
-C{ProcessProtocol} (requests on a Unix socket, answers on its stdout).  Started as root, workers are spawned as root and drop to the mailbox
-owner's uid/gid themselves (never uid 0); run as an ordinary user, every worker runs as that
-user and an assignment to another uid is deferred.  Workers are reused across messages, at
-most L{SPAWN} live at once, and reaped when idle.
+L{qmailtx.lspawnworker.DeliveryWorker} (requests on a Unix socket, answers on its stdout).
+Started as root, workers are spawned as root and drop to the mailbox owner's uid/gid
+themselves (never uid 0); run as an ordinary user, every worker runs as that user and an
+assignment to another uid is deferred.  Workers are reused across messages, at most
+L{SPAWN} live at once, and reaped when idle.
 
 Writes nothing itself (the workers write mailboxes); reads C{users/cdb} and
 C{control/defaultdelivery}.  Must not import the queue or the network code.
@@ -18,14 +19,14 @@ import sys
 from collections import deque
 
 from twisted.application import service
-from twisted.internet import defer, error
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qmailtx import log, netstring
-from qmailtx.results import TempFailure, fromReport
+from qmailtx.lspawnworker import UNABLE_TO_RUN, DeliveryWorker, UnstartedWorker
+from qmailtx.results import TempFailure
 from qmailtx.users import (ALIAS_USER, CDB_TROUBLE, PasswdEntry, assignRecipient,
                            openUsersCdb, systemGetpwnam, systemHomeOwner)
 
@@ -33,12 +34,6 @@ SPAWN = 120
 """Most live workers (qmail's conf-spawn bounds simultaneous deliveries the same way)."""
 IDLE_TIMEOUT = 60
 """Seconds a worker may sit unused before it is told to exit."""
-ANSWER_LIMIT = 16 * 1024
-"""Largest answer read from a worker (reports are cut to 3000 bytes there)."""
-STDERR_LIMIT = 4096
-"""Bytes of a worker's stderr kept per line for the log."""
-KILL_GRACE = 10
-"""Seconds a worker told to exit may take before it is killed."""
 WORKER_SOCKET_FD = 3
 """The worker's descriptor for the Unix socket that carries each message's open file."""
 PROGRAM_TIMEOUT = 86400
@@ -52,9 +47,6 @@ PASSWD_FILE = "/etc/passwd"
 PASSWD_CACHE_LIMIT = 1024
 """Names remembered at once (they come from recipient addresses, so the cache is bounded)."""
 
-CRASHED = TempFailure(b"qmail-local crashed.\n")
-UNABLE_TO_RUN = TempFailure(b"Unable to run qmail-local.\n")
-NO_MESSAGE = TempFailure(b"qmail-spawn unable to open message. (#4.3.0)\n")
 
 _log = Logger()
 
@@ -244,7 +236,7 @@ class LocalSpawner(service.Service):
         if self.uid == 0:
             args += [b"--uid", b"%d" % uid, b"--gid", b"%d" % gid]
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        worker = _Worker(self, key, mine)
+        worker = DeliveryWorker(self, key, mine)
         try:
             self.reactor.spawnProcess(worker, self.python, args, env=self.environ,
                                       path=self.root,
@@ -278,7 +270,7 @@ class LocalSpawner(service.Service):
         try:
             return self._spawn(key)
         except OSError:
-            return _Failed()
+            return UnstartedWorker()
 
     def forget(self, worker):
         """A worker process ended."""
@@ -304,113 +296,3 @@ class LocalSpawner(service.Service):
     def workerCount(self):
         return len(self._workers)
 
-
-class _Failed:
-    """Stands in for a worker that could not be started."""
-
-    def send(self, request, messPath):
-        return defer.succeed(UNABLE_TO_RUN)
-
-
-class _Worker(ProcessProtocol):
-    """
-    One C{deliverworker --fdsock} process: one request at a time on its socket, answers as
-    netstrings on its stdout.
-    """
-
-    def __init__(self, spawner, key, sock):
-        self.spawner = spawner
-        self.key = key
-        self.sock = sock
-        self.idleSince = spawner.reactor.seconds()
-        self.pending = None
-        self.closing = False
-        self.ended = False
-        self._decoder = netstring.NetstringDecoder(maxLength=ANSWER_LIMIT)
-        self._answer = []
-        self._stderr = b""
-        self._killer = None
-
-    def send(self, request, messPath):
-        """
-        One delivery: the request and the message opened here (we may read the queue; the
-        worker, running as the user, may not) in one C{sendmsg} on the socket, so a
-        delivery costs the reactor one system call and no write-readiness round.  The
-        worker is idle, so the small request fits the empty socket buffer at once.
-        """
-        if self.ended or self.closing:
-            return defer.succeed(CRASHED)
-        try:
-            fd = os.open(messPath, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            self.spawner.release(self)
-            return defer.succeed(NO_MESSAGE)
-        try:
-            sent = socket.send_fds(self.sock, [request], [fd])
-            if sent < len(request):
-                self.sock.sendall(request[sent:])
-        except OSError:
-            self._kill()
-            return defer.succeed(CRASHED)
-        finally:
-            os.close(fd)
-        self.pending = defer.Deferred()
-        return self.pending
-
-    def outReceived(self, data):
-        try:
-            events = self._decoder.feed(data)
-        except netstring.NetstringError:
-            self._kill()
-            return
-        for event, value in events:
-            if event == netstring.DATA:
-                self._answer.append(value)
-            elif event == netstring.END:
-                report, self._answer = b"".join(self._answer), []
-                self._answered(fromReport(report) if report else CRASHED)
-
-    def _answered(self, result):
-        d, self.pending = self.pending, None
-        if d is None:
-            self._kill()
-            return
-        self.spawner.release(self)
-        d.callback(result)
-
-    def errReceived(self, data):
-        self._stderr = (self._stderr + data)[-STDERR_LIMIT:]
-        while b"\n" in self._stderr:
-            line, self._stderr = self._stderr.split(b"\n", 1)
-            log.warning(f"deliverworker {self.transport.pid}: {log.logsafe(line)}")
-
-    def close(self):
-        """Ask the worker to exit (EOF on its socket and stdin); kill it if it lingers."""
-        if self.closing or self.ended:
-            return
-        self.closing = True
-        idle = self.spawner._idle.get(self.key)
-        if idle and self in idle:
-            idle.remove(self)
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        self.transport.closeStdin()
-        self._killer = self.spawner.reactor.callLater(KILL_GRACE, self._kill)
-
-    def _kill(self):
-        try:
-            self.transport.signalProcess("KILL")
-        except (error.ProcessExitedAlready, OSError):
-            pass
-
-    def processEnded(self, reason):
-        self.ended = True
-        self.sock.close()
-        if self._killer is not None and self._killer.active():
-            self._killer.cancel()
-        d, self.pending = self.pending, None
-        self.spawner.forget(self)
-        if d is not None:
-            d.callback(CRASHED)

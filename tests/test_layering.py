@@ -33,9 +33,9 @@ def existing(names):
 
 RECEIVERS = existing(["smtp", "smtpfactory", "smtpsecure", "smtpdata", "smtpauth", "qmtp", "qmqp"])
 DELIVERY = {"send", "sendqueue", "sendchannel", "sendctl", "sendtodo", "senddone", "sendpass",
-            "sendpreprocess", "sendfinish", "lspawn", "deliver", "localrun", "remote",
-            "remotecache", "resolver", "smtpclient", "smtpdialogue", "qmtpclient", "maildir",
-            "maildirscan", "mbox"}
+            "sendpreprocess", "sendfinish", "lspawn", "lspawnworker", "deliver", "localrun",
+            "remote", "remotecache", "resolver", "smtpclient", "smtpdialogue", "qmtpclient",
+            "maildir", "maildirscan", "mbox"}
 PURE = existing(["address", "netstring", "envelope", "results", "smtpdata", "bounce", "rewrite",
                  "schedule", "dotqmail", "smtpauth", "token822", "inject"])
 
