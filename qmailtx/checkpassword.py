@@ -13,8 +13,9 @@ checker's process.  Used by POP3 and SMTP AUTH.  Writes nothing; switches no uid
 import os
 from dataclasses import dataclass
 
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer, protocol
 
+from qmailtx.children import killChild
 from qmailtx.results import PermFailure, TempFailure
 
 FD3_LIMIT = 512
@@ -102,10 +103,7 @@ class _CheckerProtocol(protocol.ProcessProtocol):
 
     def _kill(self):
         self.killer = None
-        try:
-            self.transport.signalProcess("KILL")
-        except error.ProcessExitedAlready:
-            pass
+        killChild(self.transport)
 
     def childDataReceived(self, fd, data):
         if fd == 1 and self.reportSize < REPORT_LIMIT:

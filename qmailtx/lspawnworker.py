@@ -9,10 +9,11 @@ queue or the network code.
 import os
 import socket
 
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.internet.protocol import ProcessProtocol
 
 from qmailtx import log, netstring
+from qmailtx.children import killChild
 from qmailtx.results import TempFailure, fromReport
 
 ANSWER_LIMIT = 16 * 1024
@@ -122,10 +123,7 @@ class DeliveryWorker(ProcessProtocol):
         self._killer = self.spawner.reactor.callLater(KILL_GRACE, self._kill)
 
     def _kill(self):
-        try:
-            self.transport.signalProcess("KILL")
-        except (error.ProcessExitedAlready, OSError):
-            pass
+        killChild(self.transport)
 
     def processEnded(self, reason):
         self.ended = True

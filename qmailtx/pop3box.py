@@ -20,6 +20,7 @@ from twisted.internet import defer, error, protocol, threads
 from twisted.logger import Logger
 
 from qmailtx import maildirscan
+from qmailtx.children import killChild
 from qmailtx.scripts import pop3session as wire
 
 _log = Logger(namespace="qmailtx.pop3")
@@ -149,7 +150,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         try:
             frames = self.decoder.feed(data)
         except ValueError:
-            self.transport.signalProcess("KILL")
+            killChild(self.transport)
             return
         for frame in frames:
             if self.pending:

@@ -31,6 +31,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.python.failure import Failure
 
 from qmailtx import log
+from qmailtx.children import killChild
 
 CHANNEL_FD = 3
 """The channel's descriptor number in a receiver process."""
@@ -213,10 +214,7 @@ class _Receiver(ProcessProtocol):
         return self.ended
 
     def _kill(self):
-        try:
-            self.transport.signalProcess("KILL")
-        except (error.ProcessExitedAlready, OSError):
-            pass
+        killChild(self.transport)
 
     def processEnded(self, reason):
         if self._killer is not None and self._killer.active():
