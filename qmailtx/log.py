@@ -6,7 +6,7 @@ that existing qmail log tools can read them; text fields pass through L{logsafe}
 nothing.
 """
 
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import ILogObserver, Logger, formatEventAsClassicLogText, formatTime
 from zope.interface import implementer
 
 _log = Logger(namespace="qmailtx")
@@ -68,8 +68,6 @@ class StampedObserver:
         self._stamped = (None, "-")
 
     def __call__(self, event):
-        from twisted.logger import formatEventAsClassicLogText, formatTime
-
         text = _qmailLine(event)
         if text is None:
             line = formatEventAsClassicLogText(event)
