@@ -60,8 +60,9 @@ class Queue:
         self._runBlocking = runBlocking
         self._observers = []
         self.spares = None
-        """The queue manager's L{qmailtx.spares.SparePool}, when one runs in this process:
-        new pid/ and intd/ files are then recycled inodes instead of fresh allocations."""
+        """The queue manager's L{qmailtx.spares.SparePool} when one runs in this process, or
+        in a receiver the share it handed over (L{qmailtx.receiverchild.HandedSpares}): new
+        pid/ and intd/ files are then recycled inodes instead of fresh allocations."""
         self._qps = itertools.count(os.getpid())
         self._uid = os.getuid()
         self._gathering = []

@@ -13,13 +13,12 @@ CPython process is bound to one core; receivers let the protocol work use the ot
 Messages on the channel (a C{SOCK_SEQPACKET} pair, one message per packet):
 daemon to receiver C{C<json>} with the descriptor (a connection: id, listener, environment),
 C{E<id> <bytes>} (bytes the client sent before admission), C{A<ip>} (an AUTH failure seen
-elsewhere); receiver to daemon C{R} (ready), C{X<id>} (closed), C{Q<msgid>} (queued),
-C{A<ip>}.
+elsewhere), C{S<name> ...} (spare queue files now the receiver's, maybe none); receiver to
+daemon C{R} (ready), C{X<id>} (closed), C{Q<msgid>} (queued), C{A<ip>}, C{S} (spares wanted).
 
 Writes no files.  Must not import protocol modules: it moves descriptors and counts.
 """
 
-import collections
 import json
 import os
 import socket
@@ -32,12 +31,11 @@ from twisted.python.failure import Failure
 
 from qmailtx import log
 from qmailtx.children import killChild
+from qmailtx.receiverchannel import Channel
+from qmailtx.spares import HAND_OUT, HAND_OUT_KEEP
 
 CHANNEL_FD = 3
 """The channel's descriptor number in a receiver process."""
-PACKET_LIMIT = 64 * 1024
-"""Largest channel message (early bytes are at most the rules layer's 16 KiB)."""
-FDS_PER_PACKET = 1
 RESPAWN_DELAY = 1.0
 """Seconds before a receiver that died is started again."""
 STOP_GRACE = 5.0
@@ -55,111 +53,6 @@ def handsOff(kind, description):
 
 class _Detached(Protocol):
     """Takes the daemon's half of a handed-off socket to its close, saying nothing."""
-
-
-class Channel:
-    """
-    One end of a channel: packets with at most one descriptor each, queued while the socket
-    is full.  C{received(packet, fds)} is called for each incoming packet, C{closed()} once.
-    """
-
-    def __init__(self, sock, reactor, received, closed):
-        sock.setblocking(False)
-        self.sock = sock
-        self.reactor = reactor
-        self.received = received
-        self.closed = closed
-        self._out = collections.deque()
-        self._open = True
-        reactor.addReader(self)
-
-    def fileno(self):
-        return self.sock.fileno() if self._open else -1
-
-    def logPrefix(self):
-        return "receiver channel"
-
-    def send(self, packet, fd=None):
-        """
-        Send one packet (with C{fd}).  While the socket is full it waits in order, with a
-        duplicate of C{fd}, so the caller may close its own at once either way.
-        """
-        if not self._open:
-            return False
-        if not self._out:
-            try:
-                self._sendOne(packet, fd)
-                return True
-            except BlockingIOError:
-                pass
-            except OSError:
-                self._shut()
-                return False
-        self._out.append((packet, None if fd is None else os.dup(fd)))
-        if len(self._out) == 1:
-            self.reactor.addWriter(self)
-        return True
-
-    def _sendOne(self, packet, fd):
-        if fd is None:
-            self.sock.send(packet)
-        else:
-            socket.send_fds(self.sock, [packet], [fd])
-
-    def doWrite(self):
-        while self._out:
-            packet, fd = self._out[0]
-            try:
-                self._sendOne(packet, fd)
-            except BlockingIOError:
-                return
-            except OSError:
-                self._shut()
-                return
-            self._out.popleft()
-            if fd is not None:
-                os.close(fd)
-        self.reactor.removeWriter(self)
-
-    def doRead(self):
-        while self._open:
-            try:
-                packet, fds, flags, _ = socket.recv_fds(self.sock, PACKET_LIMIT, FDS_PER_PACKET)
-            except BlockingIOError:
-                return
-            except OSError:
-                self._shut()
-                return
-            if not packet and not fds:
-                self._shut()
-                return
-            try:
-                self.received(packet, fds)
-            finally:
-                for fd in fds:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-
-    def connectionLost(self, reason):
-        self._shut()
-
-    def close(self):
-        self._shut()
-
-    def _shut(self):
-        if not self._open:
-            return
-        self._open = False
-        self.reactor.removeReader(self)
-        self.reactor.removeWriter(self)
-        for _, fd in self._out:
-            if fd is not None:
-                os.close(fd)
-        self._out.clear()
-        self.sock.close()
-        self.closed()
 
 
 class _Receiver(ProcessProtocol):
@@ -196,6 +89,8 @@ class _Receiver(ProcessProtocol):
             self.pool.queued(int(body))
         elif kind == b"A":
             self.pool.authFailure(body.decode("ascii", "replace"), self)
+        elif kind == b"S":
+            self.pool.handSpares(self)
         elif kind == b"R":
             self.ready = True
             log.event(f"receiver {self.number}: ready, pid {self.transport.pid}")
@@ -330,6 +225,13 @@ class ReceiverPool(service.Service):
 
     def queued(self, msgid):
         self.site.queue.notifyQueued(msgid)
+
+    def handSpares(self, receiver):
+        """Answer a receiver's C{S}: spare queue files the queue manager's pool can spare."""
+        pool = getattr(self.site.queue, "spares", None)
+        names = pool.handOut(HAND_OUT, HAND_OUT_KEEP) if pool is not None else []
+        if receiver.channel is not None:
+            receiver.channel.send(b"S" + " ".join(names).encode("ascii"))
 
     def authFailure(self, ip, origin=None):
         """An AUTH failure of C{ip}: counted here and in every other receiver."""

@@ -11,11 +11,54 @@ todo/} through L{qmailtx.queue.Queue} only.  Must not import send or delivery mo
 import json
 import socket
 import sys
+import time
 
 from twisted.internet.protocol import Factory
 
-from qmailtx.receiver import Channel
+from qmailtx.receiverchannel import Channel
 from qmailtx.smtpauth import AuthThrottle
+from qmailtx.spares import SparePool
+
+SPARES_LOW = 32
+"""A receiver asks the daemon for spare queue files when it holds fewer than this."""
+SPARES_QUIET = 1.0
+"""Seconds a receiver waits after an empty answer before it asks again."""
+
+
+class HandedSpares(SparePool):
+    """
+    A receiver's spare queue files: names the queue manager's pool handed over the channel
+    (C{S}), taken for this process's C{pid/} and C{intd/} files as the daemon's own queue
+    takes them.  Without them every message here would allocate two inodes, and the
+    daemon, with nobody to give its finished files to, would unlink them: on ext4 without
+    a journal each freed inode then slows every allocation for minutes.
+    """
+
+    def __init__(self, queueDir, ask, clock=time.monotonic):
+        SparePool.__init__(self, queueDir)
+        self._ask = ask
+        self._clock = clock
+        self._asking = False
+        self._quietUntil = 0.0
+
+    def take(self, name, truncate=True):
+        fd = SparePool.take(self, name, truncate)
+        if len(self) < SPARES_LOW:
+            self.want()
+        return fd
+
+    def want(self):
+        """Ask the daemon for spares, unless asked already or lately answered with none."""
+        if not self._asking and self._clock() >= self._quietUntil:
+            self._asking = True
+            self._ask()
+
+    def answered(self, names):
+        """The daemon's answer: C{names} are this receiver's now (none: ask again later)."""
+        self._asking = False
+        self.adopt(names)
+        if not names:
+            self._quietUntil = self._clock() + SPARES_QUIET
 
 
 class SharedAuthThrottle(AuthThrottle):
@@ -71,10 +114,11 @@ class _Adopting(Factory):
 class Receiver:
     """The sessions of one receiver process, fed by the channel from the daemon."""
 
-    def __init__(self, reactor, sock, factories, throttle=None):
+    def __init__(self, reactor, sock, factories, throttle=None, spares=None):
         self.reactor = reactor
         self.factories = factories
         self.throttle = throttle
+        self.spares = spares
         self.protocols = {}
         self._classes = {}
         self.channel = Channel(sock, reactor, self.packet, self.channelClosed)
@@ -99,6 +143,8 @@ class Receiver:
                 protocol.dataReceived(data)
         elif kind == b"A" and self.throttle is not None:
             self.throttle.heard(body.decode("ascii", "replace"))
+        elif kind == b"S" and self.spares is not None:
+            self.spares.answered(body.decode("ascii", "replace").split())
 
     def _adopt(self, request, fds):
         number = request["id"]
@@ -151,12 +197,15 @@ def run(config, fd, reactor=None):
     site.smtpTLS = ContextCache()
     factories = {kind: LISTENERS[kind](site, config) for kind in config["listeners"]}
     sock = socket.socket(fileno=fd)
-    receiver = Receiver(reactor, sock, factories, throttle)
+    spares = HandedSpares(site.queue.queueDir, lambda: receiver.channel.send(b"S"))
+    receiver = Receiver(reactor, sock, factories, throttle, spares)
+    site.queue.spares = spares
     site.queue.addObserver(receiver.queued)
     for factory in factories.values():
         factory.noisy = False
         factory.doStart()
     receiver.channel.send(b"R")
+    spares.want()
     reactor.run()
     for factory in factories.values():
         factory.doStop()

@@ -15,6 +15,10 @@ SPARE = "spare"
 """Directory of the queue holding files kept for reuse by L{SparePool}."""
 SPARE_LIMIT = 4096
 """Most files kept in C{spare/}; beyond it finished files are unlinked as before."""
+HAND_OUT = 64
+"""Names the queue manager's pool hands a receiver that asks (L{SparePool.handOut})."""
+HAND_OUT_KEEP = 128
+"""Names the queue manager's pool keeps for its own new files when a receiver asks."""
 
 
 def unlinkQuietly(name):
@@ -35,8 +39,9 @@ class SparePool:
 
     A spare's content means nothing: it is truncated when taken, and a crash leaves at
     worst a taken spare under a name that L{qmailtx.sendpreprocess.preprocessBatch} rewrites
-    (its C{todo/} is still there).  Nothing else reads C{spare/}.  Thread-safe: preprocessing and finishing run
-    in several threads.
+    (its C{todo/} is still there).  Nothing else reads C{spare/}; a receiver process takes
+    only the names this pool handed it (L{handOut}, L{adopt}), so no name has two takers.
+    Thread-safe: preprocessing and finishing run in several threads.
     """
 
     def __init__(self, queueDir, limit=SPARE_LIMIT):
@@ -89,6 +94,31 @@ class SparePool:
         with self._lock:
             self._names.append(spare)
         return True
+
+    def handOut(self, most, keep=0):
+        """
+        Up to C{most} of the pool's names, no longer its own: the caller hands them to one
+        other process (a receiver), which alone then takes them.  Their files stay in
+        C{spare/}; a name the taker never uses is adopted again by the next L{load}.
+
+        @param keep: hand out only what exceeds this many, which the pool keeps for its
+            own process.
+        """
+        with self._lock:
+            count = max(0, min(most, len(self._names) - keep))
+            if not count:
+                return []
+            names = self._names[-count:]
+            del self._names[-count:]
+            self._count -= count
+        return names
+
+    def adopt(self, names):
+        """Take C{names} (handed out by another process's pool) as this pool's spares."""
+        names = [n for n in names if n.isdigit()]
+        with self._lock:
+            self._names.extend(names)
+            self._count += len(names)
 
     def take(self, name, truncate=True):
         """

@@ -8,7 +8,8 @@ import socket
 
 from twisted.internet.task import Clock
 
-from qmailtx.receiver import Channel, ReceiverPool, handsOff
+from qmailtx.receiver import ReceiverPool, handsOff
+from qmailtx.receiverchannel import Channel
 from qmailtx.receiverchild import SharedAuthThrottle
 from qmailtx.smtpauth import AuthThrottle
 

@@ -149,3 +149,30 @@ def test_senderUsesSpares(world):
     assert world.files("mess") == [] and world.files("info") == []
     assert len(sender.spares) >= 2
     assert len(os.listdir(sender.spares.directory)) == len(sender.spares)
+
+
+def test_handOutKeepsTheOwnShareAndGivesUpOwnership(world):
+    """handOut() gives at most C{most} names beyond C{keep}; they leave the pool's list and
+    count, their files stay in spare/, and another pool that adopts them takes their inodes."""
+    spares = pool(world)
+    names = []
+    for i in range(10):
+        name = os.path.join(world.queue.queueDir, "info", "0", str(100 + i))
+        open(name, "wb").close()
+        assert spares.give(name) is True
+    inodes = spareInodes(spares)
+    assert spares.handOut(8, keep=10) == spares.handOut(0) == []
+    handed = spares.handOut(8, keep=4)
+    assert len(handed) == 6 and len(spares) == 4 and spares._count == 4
+    assert len(os.listdir(spares.directory)) == 10
+    other = sparemod.SparePool(world.queue.queueDir)
+    other.adopt(handed + ["not-a-spare"])
+    assert len(other) == 6
+    taken = set()
+    for i in range(6):
+        fd = other.take(os.path.join(world.queue.queueDir, "intd", str(200 + i)))
+        taken.add(os.fstat(fd).st_ino)
+        os.close(fd)
+    assert other.take(os.path.join(world.queue.queueDir, "intd", "300")) is None
+    assert taken <= inodes and len(taken) == 6
+    assert sorted(os.listdir(spares.directory)) == sorted(spares._names)

@@ -201,3 +201,36 @@ def test_qmtpThroughReceiver(root):
         waitFor(lambda: "new msg " in daemon.log())
     finally:
         daemon.stop()
+
+
+def test_receiverWritesItsMessagesOnSpareInodes(root):
+    """Spare queue files the daemon's pool holds at start are handed to the receiver, whose
+    messages then live on those inodes (a message's id is its mess/ inode) instead of newly
+    allocated ones: the daemon keeps its own share and hands over the rest."""
+    for name in ("concurrencylocal", "concurrencyremote"):
+        (root / "control" / name).write_text("0\n")
+    spare = root / "queue" / "spare"
+    spare.mkdir(mode=0o700, exist_ok=True)
+    for n in range(300):
+        (spare / str(n)).write_bytes(b"an old queue file's bytes\n" * 3)
+    inodes = {(spare / str(n)).stat().st_ino for n in range(300)}
+    daemon = Daemon(root, ["smtp"], ["--receivers", "1"]).start()
+    try:
+        (pid,) = readyPids(daemon, 1)
+        time.sleep(1.5)
+        for i in range(6):
+            with smtplib.SMTP("127.0.0.1", daemon.port, timeout=10) as client:
+                client.sendmail("a@example.org", ["postmaster@receivers.test"],
+                                b"Subject: s%d\r\n\r\nbody\r\n" % i)
+        waitFor(lambda: daemon.log().count("info msg ") >= 6)
+        found = re.findall(r"info msg (\d+): .* qp (\d+)", daemon.log())
+        assert all(pid <= int(qp) < pid + 1000 for _, qp in found)
+        msgids = [int(m) for m, _ in found]
+        assert sum(m in inodes for m in msgids) >= 5, (msgids, sorted(inodes)[:5])
+        for m in msgids:
+            body = (root / "queue" / "mess" / str(m % 23) / str(m)).read_bytes()
+            assert body.startswith(b"Received: ") and body.endswith(b"\n\nbody\n")
+            assert b"old queue file" not in body
+        assert len(os.listdir(spare)) < 300 - 5
+    finally:
+        daemon.stop()
