@@ -155,7 +155,6 @@ def test_handOutKeepsTheOwnShareAndGivesUpOwnership(world):
     """handOut() gives at most C{most} names beyond C{keep}; they leave the pool's list and
     count, their files stay in spare/, and another pool that adopts them takes their inodes."""
     spares = pool(world)
-    names = []
     for i in range(10):
         name = os.path.join(world.queue.queueDir, "info", "0", str(100 + i))
         open(name, "wb").close()
