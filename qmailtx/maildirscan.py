@@ -92,23 +92,23 @@ class ScanCache:
         with self._lock:
             return self._listings.get(path)
 
-    def putListing(self, path, value):
+    def _putBounded(self, table, path, value):
+        """Store C{value} as the newest entry, dropping the oldest beyond L{maxDirectories}."""
         with self._lock:
-            self._listings.pop(path, None)
-            if len(self._listings) >= self.maxDirectories:
-                del self._listings[next(iter(self._listings))]
-            self._listings[path] = value
+            table.pop(path, None)
+            if len(table) >= self.maxDirectories:
+                del table[next(iter(table))]
+            table[path] = value
+
+    def putListing(self, path, value):
+        self._putBounded(self._listings, path, value)
 
     def get(self, path):
         with self._lock:
             return self._dirs.get(path)
 
     def put(self, path, entry):
-        with self._lock:
-            self._dirs.pop(path, None)
-            if len(self._dirs) >= self.maxDirectories:
-                del self._dirs[next(iter(self._dirs))]
-            self._dirs[path] = entry
+        self._putBounded(self._dirs, path, entry)
 
     def forget(self, path):
         with self._lock:
