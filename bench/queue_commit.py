@@ -18,8 +18,8 @@ def main(reactor, n=2000, concurrency=10, base=None):
     createLayout(os.path.join(root, "queue"))
     q = Queue(root, reactor)
     batches = []
-    real = q._linkBatch
-    q._linkBatch = lambda ws: batches.append(len(ws)) or real(ws)
+    real = q._flush
+    q._flush = lambda ws, todoLinks: batches.append(len(ws)) or real(ws, todoLinks)
     body = b"x" * 1023 + b"\n"
     left = [n]
 
@@ -35,7 +35,7 @@ def main(reactor, n=2000, concurrency=10, base=None):
     yield defer.gatherResults([client() for _ in range(concurrency)])
     elapsed = time.perf_counter() - start
     print(f"{n} msgs, {concurrency} concurrent: {n / elapsed:.0f} msgs/s, "
-          f"{len(batches)} todo batches (mean {n / len(batches):.1f} per fsync of todo/)")
+          f"{len(batches)} flushes (mean {n / len(batches):.1f} new messages per flush)")
 
     start = time.perf_counter()
     for _ in range(min(n, 300)):

@@ -22,7 +22,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from qmailtx.envelope import receivedLine
-from qmailtx.queuefiles import _discard, _failureFor, _fsyncDir, _Trouble, syncFiles
+from qmailtx.queuefiles import _discard, _failureFor, _Trouble, syncFiles
 from qmailtx.queuelayout import createLayout, pullTrigger, splitName
 from qmailtx.queuewriter import QueueWriter
 
@@ -41,9 +41,9 @@ class Queue:
 
     Like qmail, this relies on the filesystem committing the C{mess/} and C{intd/} links
     no later than the C{todo/} link (ext4's journal does); unlike qmail it also fsyncs
-    C{todo/}, so a reported success survives power loss.  Directory fsyncs of concurrent
-    commits are grouped: while one batch of C{todo/} links is being made durable, the
-    next batch gathers.
+    C{todo/}, so a reported success survives power loss.  Concurrent commits share
+    flushes: while one flush runs the next group gathers, and each flush serves two groups
+    (L{_startFlush}).
 
     @ivar queueDir: C{<root>/queue} (C{str}).
     """
@@ -66,7 +66,8 @@ class Queue:
         self._qps = itertools.count(os.getpid())
         self._uid = os.getuid()
         self._gathering = []
-        self._linking = False
+        self._linked = []
+        self._flushing = False
         self._recycled = set()
 
     def _getReactor(self):
@@ -85,17 +86,21 @@ class Queue:
         return self._reactor.seconds() if self._reactor is not None else time.time()
 
     def addObserver(self, observer):
-        """Call C{observer(msgid)} on the reactor thread after each message reaches C{todo/}."""
+        """
+        Call C{observer(msgids)} on the reactor thread when messages reach C{todo/}: a
+        list, one group commit's at a time, so that a receiver tells the daemon of a
+        group in one packet.
+        """
         self._observers.append(observer)
 
-    def notifyQueued(self, msgid):
-        """C{todo/<msgid>} was made by another process of this daemon (a receiver)."""
-        self._notify(msgid)
+    def notifyQueued(self, msgids):
+        """C{todo/<msgid>} for each of C{msgids} was made by another process of this daemon (a receiver)."""
+        self._notifyAll(msgids)
 
-    def _notify(self, msgid):
+    def _notifyAll(self, msgids):
         for observer in list(self._observers):
             try:
-                observer(msgid)
+                observer(msgids)
             except Exception:
                 _log.failure("queue observer failed")
 
@@ -187,14 +192,14 @@ class Queue:
 
     def _link(self, writer, todo):
         """
-        Queue C{writer} (with its C{todo} record bytes) for the next group commit; a
+        Queue C{writer} (with its C{todo} record bytes) for the next group flush; a
         Deferred fires with its id.
 
         The cheap steps (creating and writing files, linking) run here on the reactor
-        thread; only the two flushes of a group go to a worker thread, one trip each.  A
-        worker thread that made every small system call itself would trade the interpreter
-        lock with the reactor thread at each one: measured, that hand-over (futex wake-ups
-        and context switches) cost more CPU than the disk work it moved.
+        thread; only the flushes go to a worker thread, one trip each.  A worker thread
+        that made every small system call itself would trade the interpreter lock with the
+        reactor thread at each one: measured, that hand-over (futex wake-ups and context
+        switches) cost more CPU than the disk work it moved.
         """
         try:
             writer._prepare(todo)
@@ -204,54 +209,62 @@ class Queue:
             return fail(_failureFor(81))
         d = Deferred()
         self._gathering.append((writer, d))
-        if not self._linking:
-            self._startBatch()
+        if not self._flushing:
+            self._startFlush()
         return d
 
-    def _startBatch(self):
-        batch, self._gathering = self._gathering, []
-        self._linking = True
-        d = self._blocking(self._syncData, [w for w, _ in batch])
-        d.addBoth(self._cbDataSynced, batch)
+    def _startFlush(self):
+        """
+        One flush serves two groups: it makes the newest group's message and C{intd} files
+        durable, and the C{todo/} links the group before it made after its own flush.  Under
+        load every message still waits for two flushes, in qmail's order (files before the
+        link), but no flush is spent on links alone while files wait: a commit waits for
+        at most three flushes instead of four, and tells its observers a group at a time.
+        """
+        gathered, self._gathering = self._gathering, []
+        linked, self._linked = self._linked, []
+        self._flushing = True
+        d = self._blocking(self._flush, [w for w, _ in gathered], bool(linked))
+        d.addBoth(self._cbFlushed, gathered, linked)
 
-    def _cbDataSynced(self, result, batch):
+    def _flush(self, writers, todoLinks):
+        fds = [fd for w in writers for fd in (w._fd, w._intdFd)]
+        dirs = [os.path.join(self.queueDir, "todo")] if todoLinks else []
+        syncFiles(self.queueDir, fds, dirs)
+
+    def _cbFlushed(self, result, gathered, linked):
         synced = not isinstance(result, Failure)
         if not synced:
             _log.failure("flushing queued messages failed", result)
-        codes = self._linkTodo([w for w, _ in batch], synced)
-        if all(code is not None for code in codes):
-            self._batchDone(codes, batch)
-            return
-        d = self._blocking(self._syncTodo)
-        d.addBoth(self._cbTodoSynced, codes, batch)
-
-    def _cbTodoSynced(self, result, codes, batch):
-        if isinstance(result, Failure):
-            # The links exist and qmail-send may take them: never remove them now.
-            codes = [53 if code is None else code for code in codes]
-        self._announce(codes)
-        self._batchDone(codes, batch)
-
-    def _batchDone(self, codes, batch):
-        self._linking = False
-        for (writer, d), code in zip(batch, codes):
+        codes = self._linkTodo([w for w, _ in gathered], synced)
+        for (writer, d), code in zip(gathered, codes):
             if code is None:
-                d.callback(writer.msgid)
-                self._notify(writer.msgid)
+                self._linked.append((writer, d))
             else:
                 d.errback(_failureFor(code))
-        if self._gathering:
-            self._startBatch()
+        self._flushing = False
+        if linked:
+            # Without the flush the links exist and qmail-send may take them: never remove
+            # them now; the sender hears a temporary failure.
+            self._announce([None] if synced else [53])
+            for writer, d in linked:
+                if synced:
+                    d.callback(writer.msgid)
+                else:
+                    d.errback(_failureFor(53))
+            if synced:
+                self._notifyAll([writer.msgid for writer, _ in linked])
+        if (self._gathering or self._linked) and not self._flushing:
+            self._startFlush()
 
     def _linkBatch(self, writers):
         """
         qmail-queue steps 4–6 for a group, blocking: make every message and C{intd} file
-        durable (one syncfs for a large group, else each file's fsync), link C{intd} to
-        C{todo}, and fsync C{todo/} once (the step qmail leaves to the filesystem).  Returns
-        a code (or C{None}) per writer.
+        durable, link C{intd} to C{todo}, and make C{todo/} durable (the step qmail leaves
+        to the filesystem).  Returns a code (or C{None}) per writer.
         """
         try:
-            self._syncData(writers)
+            self._flush(writers, False)
         except OSError:
             synced = False
         else:
@@ -259,7 +272,7 @@ class Queue:
         codes = self._linkTodo(writers, synced)
         if any(code is None for code in codes):
             try:
-                self._syncTodo()
+                self._flush([], True)
             except OSError:
                 codes = [53 if code is None else code for code in codes]
             self._announce(codes)
@@ -283,13 +296,7 @@ class Queue:
                 codes[i] = 66
         return codes
 
-    def _syncTodo(self):
-        _fsyncDir(os.path.join(self.queueDir, "todo"))
-
     def _announce(self, codes):
-        """Wake a qmail-send in another process; one in this process hears L{_notify}."""
+        """Wake a qmail-send in another process; one in this process hears L{_notifyAll}."""
         if not self._observers and any(code is None for code in codes):
             pullTrigger(self.queueDir)
-
-    def _syncData(self, writers):
-        syncFiles(self.queueDir, [fd for w in writers for fd in (w._fd, w._intdFd)])

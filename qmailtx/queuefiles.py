@@ -52,12 +52,13 @@ def _loadSyncfs():
 _syncfs = _loadSyncfs()
 
 
-def syncFiles(queueDir, fds):
+def syncFiles(queueDir, fds, dirs=()):
     """
-    Make the files open as C{fds} durable: one syncfs(2) of the queue's filesystem for
-    two or more (a single journal commit), else fsync each.  Raises C{OSError}.
+    Make the files open as C{fds} and the directories C{dirs} (their entries) durable: one
+    syncfs(2) of the queue's filesystem for two or more things (a single journal commit),
+    else an fsync of each.  Raises C{OSError}.
     """
-    if _syncfs is not None and len(fds) >= GROUP_SYNC_MIN:
+    if _syncfs is not None and len(fds) + len(dirs) >= GROUP_SYNC_MIN:
         dirFd = os.open(queueDir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             _syncfs(dirFd)
@@ -66,6 +67,8 @@ def syncFiles(queueDir, fds):
         return
     for fd in fds:
         os.fsync(fd)
+    for path in dirs:
+        _fsyncDir(path)
 
 
 def _fsyncDir(path):

@@ -111,7 +111,7 @@ class QueueWriter:
         (code,) = self._queue._linkBatch([self])
         if code is not None:
             raise _failureFor(code)
-        self._queue._notify(self.msgid)
+        self._queue._notifyAll([self.msgid])
         return self.msgid
 
     def _prepare(self, todo):

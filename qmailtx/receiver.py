@@ -14,7 +14,7 @@ Messages on the channel (a C{SOCK_SEQPACKET} pair, one message per packet):
 daemon to receiver C{C<json>} with the descriptor (a connection: id, listener, environment),
 C{E<id> <bytes>} (bytes the client sent before admission), C{A<ip>} (an AUTH failure seen
 elsewhere), C{S<name> ...} (spare queue files now the receiver's, maybe none); receiver to
-daemon C{R} (ready), C{X<id>} (closed), C{Q<msgid>} (queued), C{A<ip>}, C{S} (spares wanted).
+daemon C{R} (ready), C{X<id>} (closed), C{Q<msgid> ...} (queued: a group commit), C{A<ip>}, C{S} (spares wanted).
 
 Writes no files.  Must not import protocol modules: it moves descriptors and counts.
 """
@@ -86,7 +86,7 @@ class _Receiver(ProcessProtocol):
             if handle is not None:
                 handle.closedThere()
         elif kind == b"Q":
-            self.pool.queued(int(body))
+            self.pool.queued([int(msgid) for msgid in body.split()])
         elif kind == b"A":
             self.pool.authFailure(body.decode("ascii", "replace"), self)
         elif kind == b"S":
@@ -223,8 +223,8 @@ class ReceiverPool(service.Service):
         if handle.receiver is not None and handle.receiver.channel is not None:
             handle.receiver.channel.send(b"E%d " % handle.number + data)
 
-    def queued(self, msgid):
-        self.site.queue.notifyQueued(msgid)
+    def queued(self, msgids):
+        self.site.queue.notifyQueued(msgids)
 
     def handSpares(self, receiver):
         """Answer a receiver's C{S}: spare queue files the queue manager's pool can spare."""

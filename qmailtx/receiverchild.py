@@ -19,6 +19,9 @@ from qmailtx.receiverchannel import Channel
 from qmailtx.smtpauth import AuthThrottle
 from qmailtx.spares import SparePool
 
+QUEUED_PER_PACKET = 1000
+"""Message ids per C{Q} packet: at most about 11 KB, far below the channel's packet limit."""
+
 SPARES_LOW = 32
 """A receiver asks the daemon for spare queue files when it holds fewer than this."""
 SPARES_QUIET = 1.0
@@ -125,8 +128,11 @@ class Receiver:
         if throttle is not None:
             throttle.report = lambda ip: self.channel.send(b"A" + ip.encode("ascii", "replace"))
 
-    def queued(self, msgid):
-        self.channel.send(b"Q%d" % msgid)
+    def queued(self, msgids):
+        """One C{Q} packet for a group commit's messages (chunked far below the packet limit)."""
+        for start in range(0, len(msgids), QUEUED_PER_PACKET):
+            chunk = msgids[start:start + QUEUED_PER_PACKET]
+            self.channel.send(b"Q" + b" ".join(b"%d" % msgid for msgid in chunk))
 
     def closed(self, number):
         self.protocols.pop(number, None)

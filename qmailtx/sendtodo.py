@@ -22,14 +22,14 @@ TODO_BATCH = 64
 TODO_PARALLEL = 1
 """Preprocessing thread calls in flight at once."""
 
-
 class TodoIntake:
     """From C{todo/} to preprocessed messages, for L{qmailtx.send.Sender}."""
 
 
-    def todoArrived(self, msgid):
-        """The queue's observer: C{todo/<msgid>} exists now."""
-        self._wantTodo(msgid)
+    def todoArrived(self, msgids):
+        """The queue's observer: C{todo/<msgid>} exists now for each of C{msgids}."""
+        for msgid in msgids:
+            self._wantTodo(msgid)
         self._preprocessMore()
 
     def _wantTodo(self, msgid):

@@ -7,6 +7,7 @@ import pytest
 from twisted.internet import defer, task
 
 from qmailtx import queue as queuemod
+from qmailtx import queuefiles
 from qmailtx.envelope import parseRecords
 from qmailtx.queue import Queue
 from qmailtx.queuelayout import createLayout
@@ -90,7 +91,7 @@ def test_commitDeferredAndObserverAndTrigger(root):
         w = q.begin(b"for bounce")
         w.write(b"x\n")
         msgid = result(w.commit(b"", [b"r@y"]))
-        assert msgid == w.msgid and seen == [msgid]
+        assert msgid == w.msgid and seen == [[msgid]]
         assert os.path.exists(os.path.join(root, "queue", "todo", str(msgid)))
         assert os.read(trigger, 10) == b""
         alone = makeQueue(root)
@@ -218,7 +219,7 @@ def test_todoDirSyncFails(root, monkeypatch):
     def broken(path):
         raise OSError(errno.EIO, "io")
 
-    monkeypatch.setattr(queuemod, "_fsyncDir", broken)
+    monkeypatch.setattr(queuefiles, "_fsyncDir", broken)
     with pytest.raises(TempFailure):
         w.commitSync(b"a", [b"b"])
     assert listing(root, "todo") == [str(w.msgid)]
@@ -240,36 +241,87 @@ def test_streamingBounded(root, monkeypatch):
     assert data.split(b"\n", 1)[1] == chunk * 2048
 
 
-def test_groupCommit(root):
-    """Commits that arrive while a todo batch is being made durable are linked together in the next batch."""
-    pending = []
+class ManualFlushes:
+    """A runBlocking that holds each flush until the test runs it."""
 
-    def manual(f, *args):
+    def __init__(self):
+        self.pending = []
+
+    def __call__(self, f, *args):
         d = defer.Deferred()
-        pending.append((f, args, d))
+        self.pending.append((f, args, d))
         return d
 
-    def runAll():
-        while pending:
-            f, args, d = pending.pop(0)
+    def runOne(self, fail=False):
+        f, args, d = self.pending.pop(0)
+        if fail:
+            d.errback(OSError(errno.EIO, "io"))
+        else:
             d.callback(f(*args))
 
-    q = makeQueue(root, manual)
-    batches = []
-    real = q._syncData
-    q._syncData = lambda writers: batches.append(len(writers)) or real(writers)
+
+def recordFlushes(q):
+    flushes = []
+    real = q._flush
+    q._flush = lambda writers, todo: flushes.append((len(writers), todo)) or real(writers, todo)
+    return flushes
+
+
+def commitSome(q, n):
     ds = []
-    for i in range(5):
+    for i in range(n):
         w = q.begin(b"from network")
         w.write(b"m%d\n" % i)
         ds.append(w.commit(b"a", [b"b%d" % i]))
+    return ds
+
+
+def test_groupCommit(root):
+    """Commits that arrive during a flush gather for the next one, and each flush serves two
+    groups: the newest group's files and the todo/ links of the group before.  No commit
+    fires before a flush that began after its todo/ link."""
+    flushes_ = ManualFlushes()
+    q = makeQueue(root, flushes_)
+    flushes = recordFlushes(q)
+    seen = []
+    q.addObserver(seen.append)
+    ds = commitSome(q, 5)
+    fired = []
+    for i, d in enumerate(ds):
+        d.addCallback(lambda msgid, i=i: fired.append(i) or msgid)
     # The first commit's flush is under way alone; the other four gather behind it.
-    assert [f.__name__ for f, _, _ in pending] == ["<lambda>"]
-    runAll()
-    ids = [result(d) for d in ds]
-    assert all(isinstance(i, int) for i in ids)
-    assert sorted(batches) == [1, 4]
-    assert sorted(listing(root, "todo")) == sorted(str(i) for i in ids)
+    assert len(flushes_.pending) == 1
+    flushes_.runOne()
+    assert listing(root, "todo") != [] and fired == []
+    flushes_.runOne()
+    assert fired == [0] and seen == [[ds[0].result]]
+    assert len(listing(root, "todo")) == 5
+    flushes_.runOne()
+    assert fired == [0, 1, 2, 3, 4] and not flushes_.pending
+    assert flushes == [(1, False), (4, True), (0, True)]
+    assert seen == [[ds[0].result], [d.result for d in ds[1:]]]
+
+
+def test_groupCommitFlushFails(root):
+    """A flush that fails fails both of its groups temporarily: the newest group's files are
+    removed; the group whose todo/ links already exist keeps them (qmail-send may have
+    taken them), unannounced, for qmail-send's next scan."""
+    flushes_ = ManualFlushes()
+    q = makeQueue(root, flushes_)
+    seen = []
+    q.addObserver(seen.append)
+    first = commitSome(q, 1)
+    rest = commitSome(q, 2)
+    flushes_.runOne()
+    (linked,) = listing(root, "todo")
+    flushes_.runOne(fail=True)
+    for d in first + rest:
+        failures = []
+        d.addErrback(failures.append)
+        assert failures[0].check(TempFailure)
+    assert listing(root, "todo") == [linked] and listing(root, "intd") == [linked]
+    assert [n for n in listing(root, "mess")] == [linked]
+    assert seen == [] and not flushes_.pending
 
 
 def test_recordsReadable(root):

@@ -8,13 +8,15 @@ import socket
 
 from twisted.internet.task import Clock
 
-from qmailtx.receiver import ReceiverPool, handsOff
-from qmailtx.receiverchannel import Channel
-from qmailtx.receiverchild import SharedAuthThrottle
+from qmailtx.receiver import ReceiverPool, _Receiver, handsOff
+from qmailtx.receiverchannel import PACKET_LIMIT, Channel
+from qmailtx.receiverchild import QUEUED_PER_PACKET, Receiver, SharedAuthThrottle
 from qmailtx.smtpauth import AuthThrottle
 
 
 class FakeReactor:
+    running = False
+
     def __init__(self):
         self.readers, self.writers = set(), set()
 
@@ -157,3 +159,27 @@ def test_poolSpreadsAuthFailures():
     assert origin.channel.sent == []
     assert a.channel.sent == [b"A192.0.2.7"] and b.channel.sent == [b"A192.0.2.7"]
     assert site.smtpAuthThrottle.recentFailures("192.0.2.7") == 1
+
+
+def test_queuedGroupsTravelInOnePacketEach():
+    """A receiver tells the daemon of a group commit's messages in one Q packet (chunked at
+    QUEUED_PER_PACKET), and the daemon hands qmail-send every id of it at once."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    receiver = Receiver(FakeReactor(), mine, {})
+    ids = list(range(1000, 1000 + QUEUED_PER_PACKET + 2))
+    receiver.queued(ids)
+    packets = [theirs.recv(PACKET_LIMIT) for _ in range(2)]
+    assert all(len(p) < PACKET_LIMIT for p in packets)
+
+    class Pool:
+        heard = []
+
+        def queued(self, msgids):
+            self.heard.append(msgids)
+
+    daemonSide = _Receiver(Pool(), 1)
+    for packet in packets:
+        daemonSide.packet(packet, [])
+    assert Pool.heard == [ids[:QUEUED_PER_PACKET], ids[QUEUED_PER_PACKET:]]
+    receiver.channel.close()
+    theirs.close()

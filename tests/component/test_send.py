@@ -388,7 +388,7 @@ def test_unknownRecordLeftInTodo(world, lines):
     msgid = world.inject(b"joe@example.org", [b"a@localhost"])
     with open(os.path.join(world.queue.queueDir, "todo", str(msgid)), "ab") as f:
         f.write(b"Xodd\0")
-    world.sender.todoArrived(msgid)
+    world.sender.todoArrived([msgid])
     assert f"warning: unknown record type in todo/{msgid}" in lines
     assert world.files("todo") == [msgid]
 
