@@ -17,6 +17,7 @@ from qmailtx.control import ControlDir
 from qmailtx.queue import Queue
 from qmailtx.results import Delivered, PermFailure, TempFailure
 from qmailtx.send import Sender
+from qmailtx.sendtodo import TODO_BATCH, TODO_GATHER
 
 
 def inline(f, *args):
@@ -96,7 +97,14 @@ class World:
     def inject(self, sender, recipients, body=b"Subject: t\n\nhello\n", how=b"from network"):
         writer = self.queue.begin(how)
         writer.write(body)
-        return writer.commitSync(sender, recipients)
+        msgid = writer.commitSync(sender, recipients)
+        self.gathered()
+        return msgid
+
+    def gathered(self):
+        """Let announced todo/ entries be preprocessed: qmail-send waits TODO_GATHER."""
+        if self.sender is not None:
+            self.clock.advance(TODO_GATHER)
 
     def files(self, kind):
         top = os.path.join(self.queue.queueDir, kind)
@@ -380,6 +388,41 @@ def test_virtualPrependStrippedInBounce(world):
     assert b"\n<info@virt.example>:\nno\n\n" in bounce
 
 
+def announce(world, n):
+    """Commit n messages with nobody listening, then tell qmail-send of them at once."""
+    observers, world.queue._observers = world.queue._observers, []
+    msgids = [world.inject(b"joe@example.org", [b"a@localhost"]) for _ in range(n)]
+    world.queue._observers = observers
+    world.sender.todoArrived(msgids)
+    return msgids
+
+
+def test_announcedTodoGathersBriefly(world):
+    """qmail-send lets a few announced todo/ entries gather for TODO_GATHER seconds before
+    preprocessing them, so a burst costs one flush; a full batch goes at once."""
+    world.control("concurrencylocal", b"0\n")
+    world.start()
+    few = announce(world, 3)
+    assert sorted(world.files("todo")) == sorted(few) and world.files("info") == []
+    world.clock.advance(TODO_GATHER / 2)
+    assert world.files("info") == []
+    world.clock.advance(TODO_GATHER / 2)
+    assert world.files("todo") == [] and sorted(world.files("info")) == sorted(few)
+    many = announce(world, TODO_BATCH)
+    assert world.files("todo") == [] and len(world.files("info")) == len(few) + len(many)
+
+
+def test_stopCancelsTheGathering(world):
+    """Stopping qmail-send while todo/ entries gather leaves no timer behind: they stay in
+    todo/ for the next start."""
+    world.control("concurrencylocal", b"0\n")
+    world.start()
+    msgids = announce(world, 2)
+    world.stop()
+    assert world.clock.getDelayedCalls() == []
+    assert sorted(world.files("todo")) == sorted(msgids)
+
+
 def test_unknownRecordLeftInTodo(world, lines):
     """A todo file with an unknown record is left for later with qmail's warning."""
     world.control("concurrencylocal", b"0\n")
@@ -389,6 +432,7 @@ def test_unknownRecordLeftInTodo(world, lines):
     with open(os.path.join(world.queue.queueDir, "todo", str(msgid)), "ab") as f:
         f.write(b"Xodd\0")
     world.sender.todoArrived([msgid])
+    world.gathered()
     assert f"warning: unknown record type in todo/{msgid}" in lines
     assert world.files("todo") == [msgid]
 

@@ -123,12 +123,14 @@ def test_senderFinishesWithKnownFiles(world, monkeypatch):
     world.start()
     small = world.inject(b"a@example.org", [b"x@localhost"])
     world.sender.todoArrived([small])
+    world.gathered()
     assert items == []
     spare = os.path.join(world.queue.queueDir, "spare")
     assert small in {os.stat(os.path.join(spare, n)).st_ino for n in os.listdir(spare)}
     big = world.inject(b"a@example.org", [b"x@localhost"],
                        body=b"Subject: big\n\n" + b"x" * (sendfinish.SMALL_MESS + 1) + b"\n")
     world.sender.todoArrived([big])
+    world.gathered()
     assert items == [(big, (), False, False, False)]
     for kind in ("mess", "info", "todo", "intd", LOCAL):
         assert world.files(kind) == []
