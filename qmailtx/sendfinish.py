@@ -19,7 +19,7 @@ from qmailtx.sendqueue import CHANNELS, _remove, path
 from qmailtx.spares import unlinkQuietly as _unlink
 
 CLEANUP_AGE = 129600
-"""36 hours: a C{mess/} file (by atime) or C{pid/} file this old, with no C{info}/C{todo},
+"""36 hours: a C{mess/} file (by atime, or ctime if later) or C{pid/} file this old, with no C{info}/C{todo},
 is left over from a crashed injection."""
 
 FINISH_RESERVE = 512
@@ -118,9 +118,19 @@ def saveSchedule(queueDir, entries):
     return failed
 
 
+def _lastTouched(st):
+    """
+    qmail judges a file's age by its atime; a spare inode (L{qmailtx.spares}) brings an
+    old atime into C{pid/} and C{mess/} while a message is being written on it, and its
+    rename there sets only the ctime.  The later of the two keeps such a file out of the
+    cleanup, and is never earlier than what qmail would use.
+    """
+    return max(st.st_atime, st.st_ctime)
+
+
 def cleanupScan(queueDir, now=None, age=CLEANUP_AGE):
     """
-    qmail-send's cleanup (queue.md §9): C{mess} files older than C{age} (atime) with neither
+    qmail-send's cleanup (queue.md §9): C{mess} files older than C{age} (L{_lastTouched}) with neither
     C{info} nor C{todo} are removed with any C{intd}; so are old C{pid/} files.
     Returns how many files were removed.
     """
@@ -133,7 +143,7 @@ def cleanupScan(queueDir, now=None, age=CLEANUP_AGE):
                 continue
             msgid = int(name)
             try:
-                if os.stat(os.path.join(top, name)).st_atime > now - age:
+                if _lastTouched(os.stat(os.path.join(top, name))) > now - age:
                     continue
             except FileNotFoundError:
                 continue
@@ -147,7 +157,7 @@ def cleanupScan(queueDir, now=None, age=CLEANUP_AGE):
     for name in os.listdir(pidDir):
         full = os.path.join(pidDir, name)
         try:
-            if os.stat(full).st_atime <= now - age:
+            if _lastTouched(os.stat(full)) <= now - age:
                 os.unlink(full)
                 removed += 1
         except OSError as e:

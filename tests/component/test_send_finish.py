@@ -3,10 +3,11 @@ Preprocessing and finishing without failing system calls (L{qmailtx.sendpreproce
 L{qmailtx.sendfinish}): stale files of a crashed preprocessing are still replaced or
 removed, a recycled spare is cut to its new content's length, finishing removes only the
 files a message is known to have (all of them when it is not known), and the spare pool
-keeps room for the reactor thread.
+keeps room for the reactor thread, and the 36-hour cleanup spares messages on recycled inodes.
 """
 
 import os
+import time
 
 import pytest
 
@@ -168,3 +169,29 @@ def test_retireIntoPoolOrLeave(world):
     assert sendfinish.retire(q, second, (LOCAL,), roomy) is True
     assert world.files(LOCAL) == world.files("info") == [] and world.files("mess") == [second]
     assert sendfinish.retire(q, second, (LOCAL,), None) is False
+
+
+def test_cleanupSparesAnInjectionOnARecycledInode(world):
+    """The 36-hour cleanup removes mess/ and pid/ files a crashed injection left (with their
+    intd/), never a message with todo/ or info/, and never a file that only looks old: a
+    recycled spare brings its old atime, but the rename that claims it is recent (ctime)."""
+    q = world.queue.queueDir
+    now = time.time()
+    crashed = world.inject(b"a@example.org", [b"x@localhost"])
+    queued = world.inject(b"b@example.org", [b"y@localhost"])
+    writing = world.inject(b"c@example.org", [b"z@localhost"])
+    for msgid in (crashed, writing):
+        os.unlink(sendqueue.path(q, "todo", msgid))
+    oldPid = os.path.join(q, "pid", "1.1.1")
+    recycledPid = os.path.join(q, "pid", "2.2.s3")
+    for name in (oldPid, recycledPid):
+        with open(name, "wb"):
+            pass
+    old = now - sendfinish.CLEANUP_AGE - 60
+    for name in (sendqueue.path(q, "mess", writing), recycledPid):
+        os.utime(name, (old, old))
+    assert sendfinish.cleanupScan(q, now) == 0
+    later = now + sendfinish.CLEANUP_AGE + 60
+    assert sendfinish.cleanupScan(q, later) == 4
+    assert world.files("mess") == [queued] and world.files("intd") == [queued]
+    assert os.listdir(os.path.join(q, "pid")) == []
