@@ -77,6 +77,7 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
         self._scanning = False
         self._rescan = False
         self._loaded = False
+        self._flushWhenLoaded = False
         self._cleaning = {}
         self._finishing = []
         self._finishRunning = False
@@ -162,6 +163,9 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
             self._adopt(message)
         self._loaded = True
         self.scanTodo()
+        if self._flushWhenLoaded:
+            self._flushWhenLoaded = False
+            self.flush()
         self._pumpAll()
         for interval, f in ((SCAN_INTERVAL, self.scanTodo), (CLEANUP_INTERVAL, self.cleanup)):
             loop = LoopingCall(f)
@@ -218,7 +222,10 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
     # -- signals and control ----------------------------------------------------------
 
     def flush(self):
-        """SIGALRM: every scheduled channel is due now."""
+        """SIGALRM: every scheduled channel is due now (once the queue is loaded, if it is not yet)."""
+        if not self._loaded:
+            self._flushWhenLoaded = True
+            return
         now = self.now()
         for job in self.jobs.values():
             for channel in job.channels.values():

@@ -355,6 +355,32 @@ def test_flushRetriesNow(world):
     assert len(world.local.calls) == 2
 
 
+def test_flushBeforeTheQueueIsLoaded(world):
+    """A SIGALRM that comes while qmail-send is still reading the queue at start is not
+    lost: once the queue is loaded, the deferred message is tried at once."""
+    world.local.answer = lambda *a: TempFailure(b"later\n")
+    world.start()
+    world.inject(b"joe@example.org", [b"a@localhost"])
+    world.stop()
+    held = []
+
+    def holdTheLoad(f, *args):
+        if f is sendqueue.loadQueue:
+            d = defer.Deferred()
+            held.append((d, f, args))
+            return d
+        return inline(f, *args)
+
+    world.sender = Sender(world.queue, world.controls, world.clock, world.local, world.remote,
+                          runBlocking=holdTheLoad)
+    world.sender.startService()
+    world.sender.flush()
+    assert len(world.local.calls) == 1
+    (d, f, args), = held
+    d.callback(f(*args))
+    assert len(world.local.calls) == 2
+
+
 def test_pauseAndResume(world):
     """ctl pause stops new deliveries; cont starts them again."""
     world.start()
