@@ -22,6 +22,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from qmailtx.envelope import receivedLine
+from qmailtx.flushclient import flushVia
 from qmailtx.queuefiles import _discard, _failureFor, _Trouble, syncFiles
 from qmailtx.queuelayout import createLayout, pullTrigger, splitName
 from qmailtx.queuewriter import QueueWriter
@@ -65,6 +66,9 @@ class Queue:
         pid/ and intd/ files are then recycled inodes instead of fresh allocations."""
         self._qps = itertools.count(os.getpid())
         self._uid = os.getuid()
+        self.flusher = None
+        """A L{qmailtx.flushclient.FlushClient} the service starts; without one (or after it
+        ends) flushes run in the reactor's thread pool."""
         self._gathering = []
         self._linked = []
         self._flushing = False
@@ -224,7 +228,8 @@ class Queue:
         gathered, self._gathering = self._gathering, []
         linked, self._linked = self._linked, []
         self._flushing = True
-        d = self._blocking(self._flush, [w for w, _ in gathered], bool(linked))
+        d = flushVia(self.flusher, self._blocking, self._flush, [w for w, _ in gathered],
+                     bool(linked))
         d.addBoth(self._cbFlushed, gathered, linked)
 
     def _flush(self, writers, todoLinks):

@@ -207,6 +207,8 @@ def run(config, fd, reactor=None):
     receiver = Receiver(reactor, sock, factories, throttle, spares)
     site.queue.spares = spares
     site.queue.addObserver(receiver.queued)
+    from qmailtx.flushclient import FlushClient
+    site.queue.flusher = FlushClient.start(reactor, site.queue.queueDir)
     for factory in factories.values():
         factory.noisy = False
         factory.doStart()

@@ -12,6 +12,7 @@ import os
 from twisted.python.failure import Failure
 
 from qmailtx import log, sendpreprocess, sendqueue
+from qmailtx.flushclient import flushVia
 from qmailtx.queuefiles import syncFiles
 from qmailtx.senddone import _TriggerReader
 
@@ -119,7 +120,7 @@ class TodoIntake:
             except Exception as e:
                 self._cbPreprocessed(Failure(e), batch)
                 continue
-            d = self._blocking(syncFiles, self.queueDir, opened)
+            d = flushVia(self.queue.flusher, self._blocking, syncFiles, self.queueDir, opened)
             d.addBoth(self._cbStagedSynced, results, opened)
             d.addBoth(self._cbPreprocessed, batch)
 

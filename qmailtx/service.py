@@ -14,6 +14,7 @@ from twisted.internet import endpoints
 
 from qmailtx import log
 from qmailtx.control import ControlDir
+from qmailtx.flushclient import FlusherService
 from qmailtx.ipme import ipme
 from qmailtx.qqprogram import ProgramQueue
 from qmailtx.queue import Queue
@@ -227,6 +228,7 @@ def makeQmailService(config, reactor=None):
         log.event("null client: listeners hand messages to control/qmqpservers")
     top = service.MultiService()
     top.site = site
+    FlusherService(site.queue, reactor).setServiceParent(top)
     addDelivery(site, top)
     pool = None
     if config.get("receivers"):
