@@ -87,22 +87,22 @@ class FlushClient:
         return d
 
     def doRead(self):
-        while True:
-            try:
-                answer = self.sock.recv(16)
-            except BlockingIOError:
-                return None
-            except OSError:
-                return self._lost(Failure(error.ConnectionLost()))
-            if not answer:
-                return self._lost(Failure(error.ConnectionDone()))
-            if not self._waiting:
-                continue
+        """One answer per call: there is seldom a second, and the reactor calls again if so."""
+        try:
+            answer = self.sock.recv(16)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return self._lost(Failure(error.ConnectionLost()))
+        if not answer:
+            return self._lost(Failure(error.ConnectionDone()))
+        if self._waiting:
             d = self._waiting.popleft()
             if answer == DONE:
                 d.callback(None)
             else:
                 d.errback(OSError(5, "syncfs failed"))
+        return None
 
     def connectionLost(self, reason):
         self._lost(reason)

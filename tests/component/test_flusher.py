@@ -66,6 +66,8 @@ def test_clientAnswersInOrderAndFallsBackWhenTheFlusherIsGone():
     theirs.send(DONE)
     theirs.send(FAILED)
     client.doRead()
+    assert results == ["done"]
+    client.doRead()
     assert results == ["done", "OSError"]
     theirs.close()
     client.doRead()
