@@ -16,7 +16,7 @@ import itertools
 import os
 import time
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -69,6 +69,7 @@ class Queue:
         self.flusher = None
         """A L{qmailtx.flushclient.FlushClient} the service starts; without one (or after it
         ends) flushes run in the reactor's thread pool."""
+        self._unprepared = []
         self._gathering = []
         self._linked = []
         self._flushing = False
@@ -200,22 +201,37 @@ class Queue:
         Deferred fires with its id.
 
         The cheap steps (creating and writing files, linking) run here on the reactor
-        thread; only the flushes go to a worker thread, one trip each.  A worker thread
-        that made every small system call itself would trade the interpreter lock with the
-        reactor thread at each one: measured, that hand-over (futex wake-ups and context
-        switches) cost more CPU than the disk work it moved.
+        thread; only the flushes run elsewhere (the flusher, else a worker thread).  A
+        worker thread that made every small system call itself would trade the interpreter
+        lock with the reactor thread at each one: measured, that hand-over (futex wake-ups
+        and context switches) cost more CPU than the disk work it moved.
+
+        While a flush runs, the files of a new commit wait (its bytes are in memory): the
+        flush is writing the queue directories' blocks, and a lookup in a directory whose
+        block is being written sleeps until the write is done, with the whole reactor.
+        The commit could not join that flush anyway, so its files are made when it ends,
+        in time for the next one.
         """
+        d = Deferred()
+        if self._flushing:
+            self._unprepared.append((writer, todo, d))
+        elif self._prepare(writer, todo, d):
+            self._startFlush()
+        return d
+
+    def _prepare(self, writer, todo, d):
+        """qmail-queue steps 2–5 for C{writer}, into the gathering group; C{False} (and
+        C{d} failed) on trouble."""
         try:
             writer._prepare(todo)
         except _Trouble as t:
-            return fail(_failureFor(t.code))
+            d.errback(_failureFor(t.code))
+            return False
         except Exception:
-            return fail(_failureFor(81))
-        d = Deferred()
+            d.errback(_failureFor(81))
+            return False
         self._gathering.append((writer, d))
-        if not self._flushing:
-            self._startFlush()
-        return d
+        return True
 
     def _startFlush(self):
         """
@@ -247,6 +263,9 @@ class Queue:
                 self._linked.append((writer, d))
             else:
                 d.errback(_failureFor(code))
+        unprepared, self._unprepared = self._unprepared, []
+        for writer, todo, d in unprepared:
+            self._prepare(writer, todo, d)
         self._flushing = False
         if linked:
             # Without the flush the links exist and qmail-send may take them: never remove

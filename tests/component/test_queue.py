@@ -302,6 +302,27 @@ def test_groupCommit(root):
     assert seen == [[ds[0].result], [d.result for d in ds[1:]]]
 
 
+def test_commitDuringAFlushMakesItsFilesAfterIt(root):
+    """A commit that arrives while a flush runs makes no file until that flush ends (the
+    flush is writing the queue directories, where a lookup would sleep with the reactor);
+    then its files are made and flushed next, before its todo/ link, as qmail orders."""
+    flushes_ = ManualFlushes()
+    q = makeQueue(root, flushes_)
+    flushes = recordFlushes(q)
+    (first,) = commitSome(q, 1)
+    assert len(listing(root, "mess")) == 1
+    (second,) = commitSome(q, 1)
+    assert len(listing(root, "mess")) == 1 and len(listing(root, "intd")) == 1
+    flushes_.runOne()
+    assert len(listing(root, "mess")) == 2 and len(listing(root, "intd")) == 2
+    assert len(listing(root, "todo")) == 1
+    while flushes_.pending:
+        flushes_.runOne()
+    assert isinstance(first.result, int) and isinstance(second.result, int)
+    assert flushes == [(1, False), (1, True), (0, True)]
+    assert sorted(listing(root, "todo")) == sorted([str(first.result), str(second.result)])
+
+
 def test_groupCommitFlushFails(root):
     """A flush that fails fails both of its groups temporarily: the newest group's files are
     removed; the group whose todo/ links already exist keeps them (qmail-send may have
