@@ -11,7 +11,7 @@ import sys
 
 from twisted.application import service
 from twisted.internet import error, protocol
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from qmailtx import log
@@ -44,6 +44,9 @@ class FlushClient:
         self.sock = sock
         self.reactor = reactor
         self.running = True
+        """Takes requests; false once finishing or gone."""
+        self._open = True
+        self._finished = None
         self._waiting = collections.deque()
         reactor.addReader(self)
 
@@ -69,7 +72,7 @@ class FlushClient:
         return client
 
     def fileno(self):
-        return self.sock.fileno() if self.running else -1
+        return self.sock.fileno() if self._open else -1
 
     def logPrefix(self):
         """Events its answers set off belong to whoever asked, not to the flusher."""
@@ -105,26 +108,48 @@ class FlushClient:
         return None
 
     def connectionLost(self, reason):
-        self._lost(reason)
+        """The reactor is shutting down (its disconnectAll): end quietly."""
+        self.stop()
 
     def _lost(self, reason):
         if self.running:
             log.warning("the flusher ended; flushing in threads")
         self._end("flusher gone")
 
+    def finish(self):
+        """
+        Ask for nothing more (later flushes use threads); the flusher still answers what it
+        was asked, then exits at our half-close.  The Deferred fires when it has.
+        """
+        self.running = False
+        if not self._open:
+            return succeed(None)
+        if self._finished is None:
+            self._finished = Deferred()
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._end("flusher gone")
+        return self._finished
+
     def stop(self):
-        """Close our end: the flusher sees EOF and exits; flushes after this use threads."""
+        """Close our end at once; what is still waiting fails."""
+        self.running = False
         self._end("flusher stopped")
 
     def _end(self, why):
-        if not self.running:
-            return
         self.running = False
+        if not self._open:
+            return
+        self._open = False
         self.reactor.removeReader(self)
         waiting, self._waiting = self._waiting, collections.deque()
         for d in waiting:
             d.errback(OSError(5, why))
         self.sock.close()
+        finished, self._finished = self._finished, None
+        if finished is not None:
+            finished.callback(None)
 
 
 def flushVia(flusher, blocking, f, *args):
@@ -149,7 +174,10 @@ class FlusherService(service.Service):
         self.queue.flusher = FlushClient.start(self.reactor, self.queue.queueDir)
 
     def stopService(self):
+        """Flushes already asked for are answered (qmail-send and sessions still running
+        when the tree stops need them); shutdown waits for that."""
         service.Service.stopService(self)
         flusher, self.queue.flusher = self.queue.flusher, None
         if flusher is not None:
-            flusher.stop()
+            return flusher.finish()
+        return None

@@ -18,6 +18,7 @@ not import Twisted (a small process), protocol or delivery modules.
 """
 
 import os
+import signal
 import socket
 import sys
 
@@ -70,6 +71,10 @@ def serve(sock, syncfs, dirFd):
 
 def main(argv):
     """C{qmailtx flusher QUEUEDIR} with the socket on fd 3 (started by the daemon or a receiver)."""
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        # A signal to the whole group (Ctrl-C, a supervisor's stop) is for the daemon: the
+        # flusher answers what it was asked and ends at EOF.
+        signal.signal(number, signal.SIG_IGN)
     if len(argv) != 2 or _syncfs is None:
         sys.stderr.write("flusher: usage: qmailtx flusher QUEUEDIR (socket on fd 3)\n")
         return 100

@@ -263,9 +263,11 @@ class Queue:
                 self._linked.append((writer, d))
             else:
                 d.errback(_failureFor(code))
-        unprepared, self._unprepared = self._unprepared, []
-        for writer, todo, d in unprepared:
-            self._prepare(writer, todo, d)
+        while self._unprepared:
+            # A failure's errback may commit again at once: that commit is in the next list.
+            unprepared, self._unprepared = self._unprepared, []
+            for writer, todo, d in unprepared:
+                self._prepare(writer, todo, d)
         self._flushing = False
         if linked:
             # Without the flush the links exist and qmail-send may take them: never remove

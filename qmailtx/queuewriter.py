@@ -117,8 +117,8 @@ class QueueWriter:
     def _prepare(self, todo):
         """
         qmail-queue steps 4–5 up to the flush: message written, C{intd/<id>} written.  The
-        files stay open; the group link (L{qmailtx.queue.Queue._linkBatch}) makes them
-        durable first.
+        files stay open; the group commit (L{qmailtx.queue.Queue._startFlush}, or
+        L{qmailtx.queue.Queue._linkBatch} for L{commitSync}) makes them durable first.
         """
         try:
             self._ensureFile()

@@ -20,7 +20,7 @@ from qmailtx.smtpauth import AuthThrottle
 from qmailtx.spares import SparePool
 
 QUEUED_PER_PACKET = 1000
-"""Message ids per C{Q} packet: at most about 11 KB, far below the channel's packet limit."""
+"""Message ids per C{Q} packet: at most about 21 KB (20-digit ids), below the channel's 64 KiB."""
 
 SPARES_LOW = 32
 """A receiver asks the daemon for spare queue files when it holds fewer than this."""
@@ -207,8 +207,9 @@ def run(config, fd, reactor=None):
     receiver = Receiver(reactor, sock, factories, throttle, spares)
     site.queue.spares = spares
     site.queue.addObserver(receiver.queued)
-    from qmailtx.flushclient import FlushClient
-    site.queue.flusher = FlushClient.start(reactor, site.queue.queueDir)
+    if not config.get("nullclient"):
+        from qmailtx.flushclient import FlushClient
+        site.queue.flusher = FlushClient.start(reactor, site.queue.queueDir)
     for factory in factories.values():
         factory.noisy = False
         factory.doStart()

@@ -1,7 +1,7 @@
 """
 qmail-send's intake (spec/queue.md §4): C{todo/} entries announced in-process by the Queue,
 by the C{lock/trigger} FIFO or by the periodic scan are preprocessed in batches
-(L{qmailtx.sendpreprocess.stageBatch} here, the group's flush in a thread, then
+(L{qmailtx.sendpreprocess.stageBatch} here, the group's flush by the flusher or a thread, then
 L{qmailtx.sendpreprocess.finishBatch}) and handed to the scheduler.
 
 A mixin of L{qmailtx.send.Sender}; writes nothing itself.  Never opens sockets.
@@ -19,9 +19,9 @@ from qmailtx.senddone import _TriggerReader
 SCAN_INTERVAL = 1500
 """Seconds between scans of C{todo/} without a trigger (qmail-send's 25 minutes)."""
 TODO_BATCH = 64
-"""C{todo/} entries preprocessed per thread call (their fsyncs share journal commits)."""
+"""C{todo/} entries preprocessed per batch (they share one flush)."""
 TODO_PARALLEL = 1
-"""Preprocessing thread calls in flight at once."""
+"""Preprocessing batches in flight at once."""
 TODO_GATHER = 0.01
 """Seconds announced C{todo/} entries gather before they are preprocessed.  They are safe in
 the queue already and no client waits for this step, so under load the wait turns many
@@ -35,6 +35,8 @@ class TodoIntake:
 
     def todoArrived(self, msgids):
         """The queue's observer: C{todo/<msgid>} exists now for each of C{msgids}."""
+        if self.stopping:
+            return
         for msgid in msgids:
             self._wantTodo(msgid)
         if len(self._todoWanted) >= TODO_BATCH:

@@ -53,6 +53,52 @@ def test_waitingRequestsShareOneSyncfs(tmp_path):
     theirs.close()
 
 
+def test_aRequestDuringASyncfsWaitsForTheNextOne(tmp_path):
+    """A request that arrives while syncfs runs is answered only by a syncfs begun after it."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    calls = []
+
+    def syncfs(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            mine.send(REQUEST)
+
+    mine.send(REQUEST)
+    dirFd = os.open(tmp_path, os.O_RDONLY)
+    server = threading.Thread(target=serve, args=(theirs, syncfs, dirFd))
+    server.start()
+    mine.settimeout(10)
+    assert mine.recv(16) == DONE
+    assert mine.recv(16) == DONE
+    assert len(calls) == 2
+    mine.close()
+    server.join(10)
+    os.close(dirFd)
+    theirs.close()
+
+
+def test_finishingGetsTheAnswersAskedForThenEnds(tmp_path):
+    """At shutdown the client stops asking, half-closes, still hears the answers it is owed,
+    and its Deferred fires at the flusher's EOF; later flushes go to threads."""
+    reactor = FakeReactor()
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    client = FlushClient(reactor, mine)
+    results = []
+    client.flush().addCallbacks(lambda _: results.append("done"),
+                                lambda f: results.append("failed"))
+    finished = []
+    client.finish().addCallback(finished.append)
+    assert not client.running and finished == []
+    assert theirs.recv(16) == REQUEST
+    assert theirs.recv(16) == b""
+    theirs.send(DONE)
+    theirs.close()
+    client.doRead()
+    client.doRead()
+    assert results == ["done"] and finished == [None]
+    assert reactor.readers == set()
+
+
 def test_clientAnswersInOrderAndFallsBackWhenTheFlusherIsGone():
     reactor = FakeReactor()
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -290,7 +290,7 @@ def test_groupCommit(root):
     for i, d in enumerate(ds):
         d.addCallback(lambda msgid, i=i: fired.append(i) or msgid)
     # The first commit's flush is under way alone; the other four gather behind it.
-    assert len(flushes_.pending) == 1
+    assert len(flushes_.pending) == 1 and listing(root, "todo") == []
     flushes_.runOne()
     assert listing(root, "todo") != [] and fired == []
     flushes_.runOne()
@@ -321,6 +321,32 @@ def test_commitDuringAFlushMakesItsFilesAfterIt(root):
     assert isinstance(first.result, int) and isinstance(second.result, int)
     assert flushes == [(1, False), (1, True), (0, True)]
     assert sorted(listing(root, "todo")) == sorted([str(first.result), str(second.result)])
+
+
+def test_aFailedPrepareThatCommitsAgainIsNotStranded(root, monkeypatch):
+    """A commit made during a flush whose files cannot be made fails when the flush ends;
+    if its caller commits again at once, that commit is not left behind."""
+    flushes_ = ManualFlushes()
+    q = makeQueue(root, flushes_)
+    commitSome(q, 1)
+    flushes_.runOne()
+    # Now the flush of that commit's todo/ link alone is under way.
+    broken = q.begin(b"from network")
+    broken.write(b"x\n")
+
+    def cannot(todo):
+        raise queuemod._Trouble(53)
+
+    monkeypatch.setattr(broken, "_prepare", cannot)
+    retried = []
+
+    def again(failure):
+        retried.append(commitSome(q, 1)[0])
+
+    broken.commit(b"a", [b"b"]).addErrback(again)
+    while flushes_.pending:
+        flushes_.runOne()
+    assert len(retried) == 1 and isinstance(retried[0].result, int)
 
 
 def test_groupCommitFlushFails(root):

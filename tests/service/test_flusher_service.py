@@ -68,6 +68,7 @@ def root(tmp_path):
 
 
 def test_flushersComeAndGoAndMailSurvivesTheirDeath(root):
+    """Killed flushers are noticed, and mail is still accepted and preprocessed after."""
     daemon = Daemon(root, ("smtp",), ["--receivers", "1"]).start()
     try:
         pid = daemon.process.pid
@@ -96,6 +97,7 @@ def alive(pid):
 
 
 def test_stoppingTheDaemonEndsItsFlushers(root):
+    """A clean stop ends both flushers without a word of a flusher that died."""
     daemon = Daemon(root, ("smtp",), ["--receivers", "1"]).start()
     try:
         pid = daemon.process.pid
@@ -106,3 +108,4 @@ def test_stoppingTheDaemonEndsItsFlushers(root):
     finally:
         daemon.stop()
     waitFor(lambda: not any(alive(f) for f in flushers), timeout=10)
+    assert "the flusher ended" not in daemon.log()
