@@ -7,22 +7,12 @@ says so and flushes in threads); stopping the daemon ends them.
 import os
 import signal
 import smtplib
-import time
 
 import pytest
 
 from qmailtx.scripts.main import main as qmailtx
 from tests.service.daemon import Daemon
-
-
-def waitFor(predicate, timeout=15.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
+from tests.service.test_receivers import alive, waitFor
 
 
 def children(pid):
@@ -86,14 +76,6 @@ def test_flushersComeAndGoAndMailSurvivesTheirDeath(root):
             len(os.listdir(root / "queue" / "info" / str(i))) for i in range(1, 23)) == 6
     finally:
         daemon.stop()
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_stoppingTheDaemonEndsItsFlushers(root):
