@@ -10,9 +10,8 @@ import socket
 import sys
 
 from twisted.application import service
-from twisted.internet import error, protocol
+from twisted.internet import protocol
 from twisted.internet.defer import Deferred, succeed
-from twisted.python.failure import Failure
 
 from qmailtx import log
 from qmailtx.flusher import DONE, FLUSHER_FD, REQUEST
@@ -29,7 +28,7 @@ class _FlusherProcess(protocol.ProcessProtocol):
             log.warning(f"flusher: {text}")
 
     def processEnded(self, reason):
-        self.client._lost(reason)
+        self.client._lost()
 
 
 class FlushClient:
@@ -83,7 +82,7 @@ class FlushClient:
         try:
             self.sock.send(REQUEST)
         except OSError as e:
-            self._lost(Failure(e))
+            self._lost()
             d.errback(OSError(e.errno or 5, "flusher gone"))
             return d
         self._waiting.append(d)
@@ -96,9 +95,9 @@ class FlushClient:
         except BlockingIOError:
             return None
         except OSError:
-            return self._lost(Failure(error.ConnectionLost()))
+            return self._lost()
         if not answer:
-            return self._lost(Failure(error.ConnectionDone()))
+            return self._lost()
         if self._waiting:
             d = self._waiting.popleft()
             if answer == DONE:
@@ -111,7 +110,7 @@ class FlushClient:
         """The reactor is shutting down (its disconnectAll): end quietly."""
         self.stop()
 
-    def _lost(self, reason):
+    def _lost(self):
         if self.running:
             log.warning("the flusher ended; flushing in threads")
         self._end("flusher gone")
@@ -134,7 +133,6 @@ class FlushClient:
 
     def stop(self):
         """Close our end at once; what is still waiting fails."""
-        self.running = False
         self._end("flusher stopped")
 
     def _end(self, why):

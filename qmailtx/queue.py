@@ -272,7 +272,8 @@ class Queue:
         if linked:
             # Without the flush the links exist and qmail-send may take them: never remove
             # them now; the sender hears a temporary failure.
-            self._announce([None] if synced else [53])
+            if synced:
+                self._announce([None])
             for writer, d in linked:
                 if synced:
                     d.callback(writer.msgid)
