@@ -115,6 +115,16 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
 
     # -- start and stop ---------------------------------------------------------------
 
+    def privilegedStartService(self):
+        """
+        Catch SIGALRM and SIGHUP before any listener binds: C{qmailctl doqueue} sent the
+        moment the port answers must not meet the default action, which kills the daemon.
+        """
+        service.Service.privilegedStartService(self)
+        if self.handleSignals:
+            signal.signal(signal.SIGALRM, lambda *a: self.reactor.callFromThread(self.flush))
+            signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.reload))
+
     def startService(self):
         service.Service.startService(self)
         try:
@@ -128,9 +138,6 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
             REMOTE: Lane(REMOTE, REMOTE_SKIP, self.config.concurrency[REMOTE]),
         }
         self.queue.addObserver(self.todoArrived)
-        if self.handleSignals:
-            signal.signal(signal.SIGALRM, lambda *a: self.reactor.callFromThread(self.flush))
-            signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.reload))
         self._openTrigger()
         d = self._op(sendqueue.loadQueue, self.queueDir, self.spares)
         d.addCallbacks(self._cbLoaded, self._ebLoaded)
@@ -237,6 +244,8 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
 
     def reload(self):
         """SIGHUP: re-read C{locals} and C{virtualdomains}; on trouble keep the old ones."""
+        if self.config is None:
+            return
         try:
             self.config.reload(self.controls)
         except (ControlError, ValueError, OSError):
