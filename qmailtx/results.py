@@ -54,6 +54,13 @@ class PermFailure(Exception):
         return self.text.decode("utf-8", "replace")
 
 
+class StartRefused(Exception):
+    """
+    A service of the daemon cannot start (its alert is already logged): twistd's run
+    exits 111 (L{qmailtx.service.QmailService}) rather than run half-built.
+    """
+
+
 def fromReport(report):
     """
     Parse a qmail-style error text whose first byte is the letter (C{b"Dtext"},

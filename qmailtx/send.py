@@ -29,6 +29,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from qmailtx import log, sendfinish, sendqueue
 from qmailtx.control import ControlError
+from qmailtx.results import StartRefused
 from qmailtx.rewrite import LOCAL, REMOTE
 from qmailtx.schedule import LOCAL_SKIP, REMOTE_SKIP
 from qmailtx.sendchannel import Lane
@@ -117,22 +118,41 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
 
     def privilegedStartService(self):
         """
-        Catch SIGALRM and SIGHUP before any listener binds: C{qmailctl doqueue} sent the
-        moment the port answers must not meet the default action, which kills the daemon.
+        Read the controls, take C{lock/sendmutex}, and catch SIGALRM and SIGHUP, all
+        before any listener binds: a second daemon on the same root must stop before it
+        takes a connection or replaces the first one's sockets, and a C{qmailctl doqueue}
+        sent the moment the port answers must not meet SIGALRM's default action, which
+        kills the daemon.
+
+        @raise StartRefused: controls unreadable, or another qmail-send holds the root.
         """
         service.Service.privilegedStartService(self)
+        why = self._claim()
+        if why is not None:
+            log.alert("cannot start: " + why)
+            raise StartRefused(why)
         if self.handleSignals:
             signal.signal(signal.SIGALRM, lambda *a: self.reactor.callFromThread(self.flush))
             signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.reload))
 
+    def _claim(self):
+        """The controls and the mutex, once; the reason it cannot start, or C{None}."""
+        if self._mutexFd is not None:
+            return None
+        try:
+            config = SendControls(self.controls)
+        except (ControlError, ValueError, OSError):
+            return "unable to read controls"
+        if not self._lockMutex():
+            return "qmail-send is already running"
+        self.config = config
+        return None
+
     def startService(self):
         service.Service.startService(self)
-        try:
-            self.config = SendControls(self.controls)
-        except (ControlError, ValueError, OSError):
-            return self._refuse("unable to read controls")
-        if not self._lockMutex():
-            return self._refuse("qmail-send is already running")
+        why = self._claim()
+        if why is not None:
+            return self._refuse(why)
         self.lanes = {
             LOCAL: Lane(LOCAL, LOCAL_SKIP, self.config.concurrency[LOCAL]),
             REMOTE: Lane(REMOTE, REMOTE_SKIP, self.config.concurrency[REMOTE]),

@@ -18,6 +18,7 @@ from qmailtx.flushclient import FlusherService
 from qmailtx.ipme import ipme
 from qmailtx.qqprogram import ProgramQueue
 from qmailtx.queue import Queue
+from qmailtx.results import StartRefused
 from qmailtx.rootdir import createRoot
 from qmailtx.rules import RulesSource
 from qmailtx.smtpfactory import SMTPFactory
@@ -119,6 +120,22 @@ LISTENERS = {"smtp": buildSMTP, "submission": buildSubmission, "smtps": buildSMT
              "pop3s": buildPOP3S}
 
 
+class QmailService(service.MultiService):
+    """
+    The tree's root.  twistd starts services before its reactor runs, so stopping the
+    reactor from inside a start does nothing: a service that cannot start raises
+    L{StartRefused} from C{privilegedStartService} instead, and the daemon exits 111 (as
+    qmail's programs do on trouble they cannot fix) before any socket of a live daemon on
+    the same root is touched and before a listener takes a connection.
+    """
+
+    def privilegedStartService(self):
+        try:
+            service.MultiService.privilegedStartService(self)
+        except StartRefused:
+            raise SystemExit(111)
+
+
 class ListenerService(service.Service):
     """One endpoint: listens in privilegedStartService so low ports bind before shedding root."""
 
@@ -132,8 +149,12 @@ class ListenerService(service.Service):
 
     def privilegedStartService(self):
         service.Service.privilegedStartService(self)
+        refused = []
         self._listening = self.endpoint.listen(self.factory)
-        self._listening.addCallbacks(self._cbListening, self._ebListening)
+        self._listening.addCallbacks(self._cbListening, self._ebListening,
+                                     errbackArgs=(refused,))
+        if refused:
+            raise StartRefused(refused[0])
 
     def _cbListening(self, port):
         self.port = port
@@ -142,9 +163,11 @@ class ListenerService(service.Service):
         log.event(f"{self.kind}: listening on {address.host}:{address.port}")
         return port
 
-    def _ebListening(self, failure):
-        log.alert(f"cannot start: unable to listen for {self.kind} on {self.description}: "
-                  f"{failure.getErrorMessage()}")
+    def _ebListening(self, failure, refused):
+        why = (f"cannot start: unable to listen for {self.kind} on {self.description}: "
+               f"{failure.getErrorMessage()}")
+        log.alert(why)
+        refused.append(why)
         from twisted.internet import reactor
 
         if reactor.running:
@@ -226,7 +249,7 @@ def makeQmailService(config, reactor=None):
 
         site.listenerQueue = QmqpQueue(site.controls, reactor, port=config["qmqpport"])
         log.event("null client: listeners hand messages to control/qmqpservers")
-    top = service.MultiService()
+    top = QmailService()
     top.site = site
     FlusherService(site.queue, reactor).setServiceParent(top)
     addDelivery(site, top)

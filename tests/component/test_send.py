@@ -15,7 +15,7 @@ from twisted.logger import globalLogPublisher
 from qmailtx import sendfinish, sendqueue
 from qmailtx.control import ControlDir
 from qmailtx.queue import Queue
-from qmailtx.results import Delivered, PermFailure, TempFailure
+from qmailtx.results import Delivered, PermFailure, StartRefused, TempFailure
 from qmailtx.send import Sender
 from qmailtx.sendtodo import TODO_BATCH, TODO_GATHER
 
@@ -471,6 +471,30 @@ def test_secondSenderRefuses(world, lines):
     other.startService()
     assert "alert: cannot start: qmail-send is already running" in lines
     assert other.lanes == {}
+
+
+def test_secondSenderRefusesBeforeListeners(world, lines):
+    """Under twistd the refusal comes from privilegedStartService, before any listener
+    binds, as an exception: stopping a reactor that is not running yet would do nothing."""
+    world.start()
+    other = Sender(world.queue, world.controls, world.clock, Channel(), Remote(),
+                   runBlocking=inline)
+    with pytest.raises(StartRefused):
+        other.privilegedStartService()
+    assert "alert: cannot start: qmail-send is already running" in lines
+    assert other.config is None
+
+
+def test_unreadableControlsRefuse(world, lines):
+    """Controls qmail-send cannot read stop the start in the same way."""
+    path = os.path.join(world.root, "control", "locals")
+    os.unlink(path)
+    os.mkdir(path)
+    world.sender = Sender(world.queue, world.controls, world.clock, world.local, world.remote,
+                          runBlocking=inline)
+    with pytest.raises(StartRefused):
+        world.sender.privilegedStartService()
+    assert "alert: cannot start: unable to read controls" in lines
 
 
 def test_bounceFailureRetried(world, lines):

@@ -58,3 +58,43 @@ def test_cdb(qmailRoot):
     from qmailtx.cdbfile import CdbFile
     assert CdbFile.fromPath(str(qmailRoot / "control" / "morercpthosts.cdb")).get(
         b"extra.example") == b""
+
+
+def test_secondDaemonRefuses(daemon, qmailRoot):
+    """
+    A second daemon on a root whose qmail-send runs exits 111 with qmail-send's alert,
+    without listening and without touching the first one's pid file, ctl socket or
+    queue socket: ctl still steers the first daemon afterwards.
+    """
+    from tests.service.daemon import Daemon
+
+    second = Daemon(qmailRoot)
+    second.logPath = str(qmailRoot) + ".second.log"
+    second.start(wait=False)
+    assert second.process.wait(20) == 111
+    second.stop()
+    log = open(second.logPath).read()
+    assert "alert: cannot start: qmail-send is already running" in log
+    assert "listening on" not in log
+    assert ctl(qmailRoot, "pause").stdout == "ok: deliveries paused\n"
+    out = ctl(qmailRoot, "stat")
+    assert f"qmailtx: up (pid {daemon.process.pid})" in out.stdout
+    assert os.path.exists(qmailRoot / "public" / "qmail-queue")
+    assert daemon.process.poll() is None
+
+
+def test_portInUseRefuses(daemon, tmp_path):
+    """A listener that cannot bind ends the start: exit 111, the reason logged, nothing
+    left running without its port."""
+    from qmailtx.rootdir import createRoot
+    from tests.service.daemon import Daemon
+
+    createRoot(str(tmp_path / "other"), "other.example")
+    other = Daemon(tmp_path / "other")
+    other.ports["smtp"] = daemon.port
+    other.start(wait=False)
+    assert other.process.wait(20) == 111
+    other.stop()
+    assert (f"alert: cannot start: unable to listen for smtp on tcp:{daemon.port}"
+            in other.log())
+    assert not os.path.exists(tmp_path / "other" / "run" / "qmailtx.pid")
