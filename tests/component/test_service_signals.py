@@ -4,6 +4,7 @@ C{qmailctl doqueue} sent as soon as the SMTP port answers must not meet SIGALRM'
 action, which would kill the whole daemon.
 """
 
+import os
 import signal
 
 import pytest
@@ -46,15 +47,18 @@ def test_handlersBeforeListening(tmp_path, savedSignals, monkeypatch):
     assert len(reactor.tcpServers) == 2
     for _, alrm, hup in seen:
         assert callable(alrm) and callable(hup)
+    os.close(top.sender._mutexFd)
 
 
 def test_hangupBeforeStartIsHarmless(tmp_path, savedSignals):
     """SIGHUP before qmail-send has read its controls changes nothing and raises nothing:
-    startService reads them fresh anyway."""
+    its start reads them fresh anyway."""
     options = Options()
     options.parseOptions(["--root", str(tmp_path / "root"), "--smtp", "tcp:0"])
     top = makeQmailService(options, reactor=MemoryReactorClock())
-    top.sender.privilegedStartService()
-    assert top.sender.config is None
     top.sender.reload()
     assert top.sender.config is None
+    top.sender.privilegedStartService()
+    assert top.sender.config is not None
+    top.sender.reload()
+    os.close(top.sender._mutexFd)
