@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qmailtx import log, netstring
-from qmailtx.lspawnworker import UNABLE_TO_RUN, DeliveryWorker, UnstartedWorker
+from qmailtx.lspawnworker import STOPPING, UNABLE_TO_RUN, DeliveryWorker, UnstartedWorker
 from qmailtx.results import TempFailure
 from qmailtx.users import (ALIAS_USER, CDB_TROUBLE, PasswdEntry, assignRecipient,
                            openUsersCdb, systemGetpwnam, systemHomeOwner)
@@ -102,6 +102,7 @@ class LocalSpawner(service.Service):
         self._waiting = deque()
         self._reaper = None
         self._allGone = None
+        self._stopping = False
 
     def startService(self):
         service.Service.startService(self)
@@ -111,10 +112,18 @@ class LocalSpawner(service.Service):
         self._reaper.start(max(1, self.idleTimeout / 2), now=False)
 
     def stopService(self):
-        """Tell every worker to exit; fires when all have (or were killed)."""
+        """
+        Tell every worker to exit, a busy one once its delivery is done; fires when all
+        have (or were killed).  A delivery still waiting for a worker slot is not started:
+        it ends as a deferral, so qmail-send's wait for its running deliveries ends too.
+        """
         service.Service.stopService(self)
+        self._stopping = True
         if self._reaper is not None and self._reaper.running:
             self._reaper.stop()
+        waiting, self._waiting = self._waiting, deque()
+        for _, d in waiting:
+            d.callback(UnstartedWorker(STOPPING))
         for worker in list(self._workers):
             worker.close()
         if not self._workers:
@@ -211,6 +220,8 @@ class LocalSpawner(service.Service):
         if idle:
             return idle.pop()
         if len(self._workers) >= self.maxWorkers and not self._evictIdle():
+            if self._stopping:
+                return UnstartedWorker(STOPPING)
             d = defer.Deferred()
             self._waiting.append((key, d))
             return d

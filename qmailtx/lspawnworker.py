@@ -28,11 +28,17 @@ UNABLE_TO_RUN = TempFailure(b"Unable to run qmail-local.\n")
 NO_MESSAGE = TempFailure(b"qmail-spawn unable to open message. (#4.3.0)\n")
 
 
+STOPPING = TempFailure(b"Delivery not started: qmailtx is stopping. (#4.3.0)\n")
+
+
 class UnstartedWorker:
-    """Stands in for a worker that could not be started."""
+    """Stands in for a worker that could not be started (or, at shutdown, will not be)."""
+
+    def __init__(self, result=UNABLE_TO_RUN):
+        self.result = result
 
     def send(self, request, messPath):
-        return defer.succeed(UNABLE_TO_RUN)
+        return defer.succeed(self.result)
 
 
 class DeliveryWorker(ProcessProtocol):
@@ -98,7 +104,10 @@ class DeliveryWorker(ProcessProtocol):
         if d is None:
             self._kill()
             return
-        self.spawner.release(self)
+        if self.closing:
+            self._armKiller()
+        else:
+            self.spawner.release(self)
         d.callback(result)
 
     def errReceived(self, data):
@@ -108,7 +117,12 @@ class DeliveryWorker(ProcessProtocol):
             log.warning(f"deliverworker {self.transport.pid}: {log.logsafe(line)}")
 
     def close(self):
-        """Ask the worker to exit (EOF on its socket and stdin); kill it if it lingers."""
+        """
+        Ask the worker to exit (EOF on its socket and stdin); kill it if it lingers.  A
+        worker in the middle of a delivery finishes it first, however long it takes (as
+        qmail-send waits for its deliveries at SIGTERM): killed, the delivery would be
+        made again after the restart.  The grace period starts at its answer.
+        """
         if self.closing or self.ended:
             return
         self.closing = True
@@ -120,7 +134,12 @@ class DeliveryWorker(ProcessProtocol):
         except OSError:
             pass
         self.transport.closeStdin()
-        self._killer = self.spawner.reactor.callLater(KILL_GRACE, self._kill)
+        if self.pending is None:
+            self._armKiller()
+
+    def _armKiller(self):
+        if self._killer is None and not self.ended:
+            self._killer = self.spawner.reactor.callLater(KILL_GRACE, self._kill)
 
     def _kill(self):
         killChild(self.transport)

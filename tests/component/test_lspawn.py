@@ -226,3 +226,82 @@ def test_splitRequestRefusesBadFraming(buffer):
     from qmailtx.scripts.deliverworker import splitRequest
     with pytest.raises(ValueError):
         splitRequest(buffer)
+
+
+class FakeProcess:
+    """The transport of a worker process: records closeStdin and signals."""
+
+    pid = 4242
+
+    def __init__(self):
+        self.stdinClosed = False
+        self.signals = []
+
+    def closeStdin(self):
+        self.stdinClosed = True
+
+    def signalProcess(self, sig):
+        self.signals.append(sig)
+
+
+def busyWorker(s, key=(1234, 1234)):
+    """A worker of C{s} in the middle of a delivery (its answer not yet read)."""
+    from twisted.internet import defer
+
+    from qmailtx.lspawnworker import DeliveryWorker
+
+    mine, theirs = socket.socketpair()
+    theirs.close()
+    worker = DeliveryWorker(s, key, mine)
+    worker.makeConnection(FakeProcess())
+    worker.pending = defer.Deferred()
+    s._workers.add(worker)
+    return worker
+
+
+def test_stopLetsBusyWorkersFinish(spawner):
+    """
+    At stop a busy worker is told to exit but not killed, however long its delivery takes
+    (killed, it would be delivered again after the restart); the grace period before the
+    kill starts at its answer.
+    """
+    from qmailtx.lspawnworker import KILL_GRACE
+    from qmailtx.results import Delivered
+
+    s, clock, _ = spawner
+    s.startService()
+    worker = busyWorker(s)
+    delivery = worker.pending
+    s.stopService()
+    assert worker.closing and worker.transport.stdinClosed
+    clock.advance(KILL_GRACE * 10)
+    assert worker.transport.signals == []
+    results = []
+    delivery.addCallback(results.append)
+    worker._answered(Delivered(b"did 1+0+0\n"))
+    assert results == [Delivered(b"did 1+0+0\n")]
+    clock.advance(KILL_GRACE - 1)
+    assert worker.transport.signals == []
+    clock.advance(2)
+    assert worker.transport.signals == ["KILL"]
+
+
+def test_stopEndsDeliveriesWaitingForASlot(spawner):
+    """A delivery waiting for a worker slot when the spawner stops is not started: it ends
+    as a deferral at once (else qmail-send, waiting for it, would never let twistd exit),
+    and so does one asked for after the stop."""
+    from qmailtx.lspawnworker import STOPPING
+
+    s, clock, passwd = spawner
+    s.maxWorkers = 1
+    s.startService()
+    busyWorker(s, key=(1, 1))
+    waiting = s._acquire((2, 2))
+    assert not waiting.called
+    s.stopService()
+    results = []
+    waiting.addCallback(lambda w: w.send(b"request", "/nonexistent")).addCallback(results.append)
+    assert results == [STOPPING]
+    late = s._acquire((3, 3))
+    late.send(b"request", "/nonexistent").addCallback(results.append)
+    assert results == [STOPPING, STOPPING]
