@@ -19,6 +19,7 @@ qmail-send was started with; programs inherit it.
 """
 
 import os
+import signal
 import socket
 import sys
 import traceback
@@ -120,6 +121,8 @@ class SocketRequests:
                 message = os.fdopen(fd, "rb") if fd is not None else None
                 return netstring.decodeAll(payload), message
             data, fds, _, _ = socket.recv_fds(self.sock, SOCKET_READ, SOCKET_FDS)
+            for fd in fds:
+                os.set_inheritable(fd, False)
             self.fds.extend(fds)
             while len(self.fds) > 1:
                 os.close(self.fds.pop())
@@ -161,7 +164,24 @@ def dropPrivileges(uid, gid):
         os.setuid(uid)
 
 
+def _ignoreGroupSignals():
+    """
+    A SIGINT, SIGTERM or SIGHUP sent to the daemon's whole process group (Ctrl-C, a
+    supervisor's stop) is the daemon's to act on: it lets this worker finish the delivery
+    in hand and then closes it.  Killed mid-delivery, the message would be delivered again
+    (and an mbox left with half a message).  A handler that does nothing, not SIG_IGN, so
+    that the programs of C{|} lines still start with the default actions.
+    """
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, _groupSignal)
+
+
+def _groupSignal(number, frame):
+    pass
+
+
 def main(argv):
+    _ignoreGroupSignals()
     args = list(argv[1:])
     root = takeRoot(args)
     uid = gid = fdsock = None
@@ -177,6 +197,7 @@ def main(argv):
                 timeout = int(args.pop(0))
             elif arg == "--fdsock":
                 fdsock = socket.socket(fileno=int(args.pop(0)))
+                fdsock.set_inheritable(False)
             else:
                 raise ValueError(arg)
     except (ValueError, IndexError):

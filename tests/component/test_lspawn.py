@@ -207,6 +207,60 @@ def test_workerTakesRequestAndDescriptorFromItsSocket(space):
         proc.stdout.close()
 
 
+def test_workerOutlivesGroupSignalsAndLeaksNothing(space):
+    """
+    SIGINT, SIGTERM and SIGHUP sent to the daemon's process group leave a worker alive
+    and working (the daemon closes it when its delivery is done), and the programs it
+    starts get the default actions back.  The queue program of a forward inherits neither
+    the spawner's socket nor the message's descriptor.
+    """
+    import signal
+    import time
+
+    root = space.fresh("root")
+    home = space.fresh("home")
+    out = os.path.join(space.fresh("out", 0o777), "seen")
+    space.file(os.path.join(home, ".qmail"), b"&elsewhere@example.org\n")
+    qq = space.file(os.path.join(space.fresh("bin"), "qq"),
+                    b"#!/bin/sh\nls -l /proc/$$/fd/ > %s\ngrep ^SigIgn /proc/$$/status >> %s\n"
+                    b"cat >/dev/null; cat <&1 >/dev/null\nexit 0\n" % (out.encode(), out.encode()),
+                    0o755)
+    message = space.file(os.path.join(space.fresh("m"), "mess"), b"Subject: hi\n\nbody\n")
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qmailtx.scripts.main", "deliverworker", "--root", root,
+         "--fdsock", str(theirs.fileno()), *space.workerArgs()],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=workerEnv({"QMAILQUEUE": qq}),
+        pass_fds=[theirs.fileno()])
+    theirs.close()
+    try:
+        time.sleep(1)
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            proc.send_signal(number)
+        fd = os.open(message, os.O_RDONLY)
+        try:
+            data = request(b"/nonexistent/queue/mess/1", home)
+            assert socket.send_fds(mine, [data], [fd]) == len(data)
+        finally:
+            os.close(fd)
+        assert readAnswer(proc.stdout).startswith(b"Kdid 0+1+0")
+        assert proc.poll() is None
+        seen = open(out).read()
+        assert "socket:" not in seen and message not in seen, seen
+        ignored = int(seen.split("SigIgn:")[1].strip(), 16)
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            assert not ignored & (1 << (number - 1)), seen
+        mine.shutdown(socket.SHUT_WR)
+        assert proc.wait(10) == 0
+    finally:
+        mine.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+
+
 @pytest.mark.parametrize("buffer, expected", [
     (b"", None),
     (b"12", None),
