@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 from qmailtx import log
 from qmailtx.children import killChild
+from qmailtx.queuelayout import pullTrigger
 from qmailtx.receiverchannel import Channel
 from qmailtx.spares import HAND_OUT, HAND_OUT_KEEP
 
@@ -187,8 +188,14 @@ class ReceiverPool(service.Service):
             self._respawns[number] = self.reactor.callLater(RESPAWN_DELAY, self._spawn, number)
 
     def ended(self, receiver, reason):
+        """
+        A receiver process ended.  It may have linked messages into C{todo/} whose C{Q}
+        packet never came (or was still in the channel): qmail-send is told to look at
+        C{todo/} now, not at its next scan 25 minutes on.
+        """
         if receiver in self.receivers:
             self.receivers.remove(receiver)
+        pullTrigger(self.site.queue.queueDir)
         if self.running:
             log.warning(f"receiver {receiver.number} exited: {reason.getErrorMessage()}; "
                         f"starting it again")

@@ -75,6 +75,7 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
         self._todoInFlight = set()
         self._todoRunning = 0
         self._todoTimer = None
+        self._todoRetry = None
         self._scanning = False
         self._rescan = False
         self._loaded = False
@@ -215,7 +216,7 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
                 loop.stop()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        self._cancelTodoGather()
+        self._cancelTodoGather(retryToo=True)
         self._closeTrigger()
         d = self._idle = defer.Deferred()
         self._checkIdle()

@@ -22,6 +22,10 @@ TODO_BATCH = 64
 """C{todo/} entries preprocessed per batch (they share one flush)."""
 TODO_PARALLEL = 1
 """Preprocessing batches in flight at once."""
+TODO_RETRY = 60
+"""Seconds before C{todo/} is looked at again after trouble preprocessing an entry (a
+flush that failed, a file that could not be written): the entry is safe where it is, and
+a flusher that died is replaced by threads at once."""
 TODO_GATHER = 0.01
 """Seconds announced C{todo/} entries gather before they are preprocessed.  They are safe in
 the queue already and no client waits for this step, so under load the wait turns many
@@ -49,10 +53,18 @@ class TodoIntake:
         self._todoTimer = None
         self._preprocessMore()
 
-    def _cancelTodoGather(self):
-        timer, self._todoTimer = self._todoTimer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+    def _retryTodoLater(self):
+        """One scan of C{todo/} L{TODO_RETRY} seconds on, however many entries had trouble."""
+        if self._todoRetry is None or not self._todoRetry.active():
+            self._todoRetry = self.reactor.callLater(TODO_RETRY, self.scanTodo)
+
+    def _cancelTodoGather(self, retryToo=False):
+        names = ("_todoTimer", "_todoRetry") if retryToo else ("_todoTimer",)
+        for name in names:
+            timer = getattr(self, name)
+            setattr(self, name, None)
+            if timer is not None and timer.active():
+                timer.cancel()
 
     def _wantTodo(self, msgid):
         if (msgid not in self.jobs and msgid not in self._todoWanted
@@ -137,6 +149,7 @@ class TodoIntake:
         self._todoInFlight.difference_update(batch)
         if not isinstance(results, list):
             log.warning("trouble preprocessing todo/: " + results.getErrorMessage())
+            self._retryTodoLater()
             results = []
         for msgid, outcome in results:
             if outcome is None:
@@ -146,6 +159,7 @@ class TodoIntake:
                 continue
             if isinstance(outcome, OSError):
                 log.warning(f"trouble with todo/{msgid}: {outcome.strerror}; will try later")
+                self._retryTodoLater()
                 continue
             log.newMessage(msgid)
             log.infoMessage(msgid, outcome.size, outcome.sender,

@@ -183,3 +183,32 @@ def test_queuedGroupsTravelInOnePacketEach():
     assert Pool.heard == [ids[:QUEUED_PER_PACKET], ids[QUEUED_PER_PACKET:]]
     receiver.channel.close()
     theirs.close()
+
+
+def test_endedReceiverWakesQmailSend(tmp_path):
+    """A receiver that ends may have linked messages into todo/ without telling the daemon
+    (its Q packet never sent, or still in the channel): the pool pulls lock/trigger, so
+    qmail-send looks at todo/ now rather than at its 25-minute scan."""
+    from twisted.python.failure import Failure
+
+    queueDir = tmp_path / "queue"
+    (queueDir / "lock").mkdir(parents=True)
+    trigger = queueDir / "lock" / "trigger"
+    os.mkfifo(trigger)
+    reader = os.open(trigger, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        site = StubSite(Clock())
+
+        class Queue:
+            pass
+        site.queue = Queue()
+        site.queue.queueDir = str(queueDir)
+        pool = ReceiverPool(site, {"listeners": []}, 1, reactor=Clock())
+        receiver = StubReceiver()
+        receiver.number = 1
+        pool.receivers = [receiver]
+        pool.ended(receiver, Failure(Exception("killed")))
+        assert os.read(reader, 16) == b"\0"
+        assert pool.receivers == []
+    finally:
+        os.close(reader)

@@ -381,6 +381,30 @@ def test_flushBeforeTheQueueIsLoaded(world):
     assert len(world.local.calls) == 2
 
 
+def test_todoTroubleIsRetriedSoon(world, lines, monkeypatch):
+    """A flush that fails while preprocessing (a flusher that died, a disk error) leaves the
+    entry in todo/ and looks again TODO_RETRY seconds on, not at the 25-minute scan."""
+    from qmailtx import sendtodo
+
+    real = sendtodo.syncFiles
+    failures = [OSError(5, "flusher gone")]
+
+    def failOnce(*args):
+        if failures:
+            raise failures.pop()
+        return real(*args)
+    monkeypatch.setattr(sendtodo, "syncFiles", failOnce)
+    world.start()
+    msgid = world.inject(b"joe@example.org", [b"a@localhost"])
+    assert f"warning: trouble with todo/{msgid}: flusher gone; will try later" in lines
+    assert world.files("todo") == [msgid] and world.local.calls == []
+    world.clock.advance(sendtodo.TODO_RETRY - 1)
+    assert world.local.calls == []
+    world.clock.advance(1)
+    world.gathered()
+    assert len(world.local.calls) == 1 and world.files("todo") == []
+
+
 def test_pauseAndResume(world):
     """ctl pause stops new deliveries; cont starts them again."""
     world.start()
