@@ -22,6 +22,7 @@ from qmailtx.maildirscan import NoMaildir, ScanError
 from qmailtx.pop3d import Pop3d
 from qmailtx.popup import OK, Popup
 from qmailtx.results import TempFailure
+from qmailtx.tls import TLSSetupError
 
 _log = Logger(namespace="qmailtx.pop3")
 
@@ -154,6 +155,22 @@ class POP3Server(Popup, Pop3d, protocol.Protocol, TimeoutMixin):
             self._readPaused = False
             self.transport.resumeProducing()
         self._process()
+
+    def tlsProblem(self):
+        """
+        Why STLS cannot start now, or C{None}.  The certificate is read when used and can
+        go missing or bad after start-up: a handshake begun without one would leave the
+        connection half-switched and never closed, its slot lost.  (A context built once,
+        not from a file, cannot go bad.)
+        """
+        current = getattr(self.config.tlsContext, "context", None)
+        if current is None:
+            return None
+        try:
+            current()
+        except TLSSetupError as e:
+            return e.args[0]
+        return None
 
     def startTLS(self):
         self._buffer = b""

@@ -68,7 +68,8 @@ def parseCram(data):
 class Popup:
     """
     AUTHORIZATION-state verbs.  The host class provides C{config}, C{tlsActive},
-    C{timestamp}, L{reply}, L{replyLines}, C{close()}, C{startTLS()} and
+    C{timestamp}, L{reply}, L{replyLines}, C{close()}, C{startTLS()}, C{tlsProblem()} (why
+    the configured certificate cannot be used now, or C{None}) and
     C{authenticate(login, password, challenge)}.
     """
 
@@ -90,7 +91,8 @@ class Popup:
             if self.plaintextAllowed():
                 caps.append(b"USER")
                 caps.append(b"SASL " + b" ".join(self.mechanisms()))
-            if self.config.tlsContext is not None and not self.tlsActive:
+            if (self.config.tlsContext is not None and not self.tlsActive
+                    and self.tlsProblem() is None):
                 caps.append(b"STLS")
         caps.append(b"IMPLEMENTATION " + IMPLEMENTATION)
         return caps
@@ -151,6 +153,9 @@ class Popup:
             return self.reply(ERR_TLS_ACTIVE)
         if self.config.tlsContext is None:
             return self.reply(ERR_UNIMPLEMENTED)
+        problem = self.tlsProblem()
+        if problem is not None:
+            return self.reply(b"-ERR TLS not available: " + problem)
         self.reply(b"+OK Begin TLS negotiation")
         self.user = None
         self.startTLS()

@@ -59,6 +59,8 @@ class SMTPServer(SecureSession, Protocol):
         if env is None:
             env = self.env = factory.envFromTransport(self.transport)
         self.lastActivity = factory.clock.seconds()
+        self.writer = None
+        self.reader = None
         try:
             c = self.controls = factory.loadControls()
         except ControlError as e:
@@ -83,8 +85,6 @@ class SMTPServer(SecureSession, Protocol):
         self.sender = None
         self.recipients = []
         self.badSender = False
-        self.writer = None
-        self.reader = None
         self.transport.registerProducer(self, True)
         if not self.startSecurity():
             return

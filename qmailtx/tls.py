@@ -180,6 +180,7 @@ class ServerTLS:
                 e = TLSSetupError(b"unable to read certificate: "
                                   + (e.strerror or "error").encode())
             if self._pem is None:
+                self._ident = None
                 raise e
             log.warning(f"tls: {self.path} is not usable, keeping the previous one: "
                         f"{e.args[0].decode()}")

@@ -113,6 +113,22 @@ def test_missing_file_is_setup_error(tmp_path):
     assert e.value.args[0].startswith(b"unable to read certificate")
 
 
+def test_bad_file_fails_every_time_until_fixed(tmp_path):
+    """With nothing good loaded yet, an unusable file fails each use (not only the first,
+    leaving None behind for the next), and is read again once it changes."""
+    path = tmp_path / "servercert.pem"
+    good = tls.selfSignedPEM(b"mx.example.com")
+    path.write_bytes(good[:300])
+    server = tls.ServerTLS(str(path))
+    for _ in range(3):
+        with pytest.raises(tls.TLSSetupError):
+            server.context()
+        with pytest.raises(tls.TLSSetupError):
+            server.sslContext()
+    path.write_bytes(good)
+    assert server.context() is not None and server.sslContext() is not None
+
+
 def test_chain_is_sent(tmp_path):
     """Extra certificates after the first are sent as the chain."""
     pem = tls.selfSignedPEM(b"leaf.example.com")

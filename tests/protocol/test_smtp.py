@@ -118,6 +118,7 @@ def test_no_controls_421(tmp_path):
     s = Session(tmp_path)
     assert s.transport.value() == b"421 unable to read controls (#4.3.0)\r\n"
     assert s.transport.disconnecting
+    s.proto.connectionLost(None)
 
 
 @pytest.mark.parametrize("line, reply", [

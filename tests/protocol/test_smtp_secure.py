@@ -137,6 +137,8 @@ def test_tls_setup_failure_454(root):
     lines = s.lines(b"STARTTLS\r\n")
     assert len(lines) == 1 and lines[0].startswith(b"454 TLS ") and lines[0].endswith(b"(#4.3.0)")
     assert s.lines(b"NOOP\r\n") == [b"250 ok"]
+    assert s.lines(b"STARTTLS\r\n") == lines
+    assert SecureSession(root).lines(b"STARTTLS\r\n") == lines
 
 
 def test_cipher_list_from_env(root):

@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import os
 import poplib
+import shutil
 import tempfile
 
 from twisted.internet import reactor, threads
@@ -549,4 +550,52 @@ class ImplicitTLSTests(POP3ServiceBase):
             caps, stat = result
             self.assertNotIn("STLS", caps)
             self.assertEqual(stat, (2, len(MSG1) + len(MSG2)))
+        return self.run_(client).addCallback(check)
+
+
+class CertificateGoneTests(POP3ServiceBase):
+    """control/servercert.pem is read when used (qmailtx.tls.ServerTLS), so it can be gone
+    or bad by the time a client says STLS."""
+
+    def setUp(self):
+        POP3ServiceBase.setUp(self)
+        from qmailtx.tls import ServerTLS
+
+        self.pem = os.path.join(self.dir, "servercert.pem")
+        self.config.tlsContext = ServerTLS(self.pem)
+
+    def test_stlsWithoutUsableCertificate(self):
+        """With the certificate missing, CAPA offers no STLS and STLS says why with -ERR,
+        the session going on in plaintext; with it back, STLS works on the next session."""
+        def client():
+            p = poplib.POP3("127.0.0.1", self.portNumber, timeout=10)
+            caps = p.capa()
+            p.quit()
+            r = self.raw()
+            r.line()
+            refused = [r.cmd(b"STLS"), r.cmd(b"STLS"), r.cmd(b"NOOP")]
+            r.close()
+            with open(self.pem, "wb") as f:
+                f.write(open(S.certificate(), "rb").read()[:300])
+            r = self.raw()
+            r.line()
+            truncated = r.cmd(b"STLS")
+            r.close()
+            shutil.copy(S.certificate(), self.pem)
+            r = self.raw()
+            r.line()
+            accepted = r.cmd(b"STLS")
+            r.starttls()
+            after = [r.cmd(b"USER joe"), r.cmd(b"PASS secret"), r.cmd(b"QUIT")]
+            return caps, refused, truncated, accepted, after
+        def check(result):
+            caps, refused, truncated, accepted, after = result
+            self.assertNotIn("STLS", caps)
+            self.assertEqual(refused[:2], [b"-ERR TLS not available: unable to read "
+                                           b"certificate: No such file or directory\r\n"] * 2)
+            self.assertEqual(refused[2], b"+OK \r\n")
+            self.assertTrue(truncated.startswith(b"-ERR TLS not available: "), truncated)
+            self.assertEqual(accepted, b"+OK Begin TLS negotiation\r\n")
+            self.assertEqual(after, [b"+OK \r\n", b"+OK \r\n", after[2]])
+            self.assertTrue(after[2].startswith(b"+OK"))
         return self.run_(client).addCallback(check)
