@@ -320,7 +320,11 @@ class RulesSource:
     @ivar path: the rules file (str).
     """
 
-    def __init__(self, path, clock=None, interval=1.0):
+    def __init__(self, path, clock=None, interval=1.0, strict=True):
+        """
+        @param strict: raise L{RulesError} now if the file exists but cannot be used (a
+            start-up error); otherwise that is what L{current} raises until it is fixed.
+        """
         self.path = path
         self.isCdb = path.endswith(".cdb")
         self._clock = clock if clock is not None else _MonotonicClock()
@@ -329,7 +333,7 @@ class RulesSource:
         self._identity = None
         self._rules = None
         self._problem = None
-        self._refresh(initial=True)
+        self._refresh(initial=strict)
         self._checkedAt = self._clock.seconds()
 
     def _read(self, st):
@@ -392,3 +396,46 @@ class RulesSource:
         if self._problem is not None:
             raise self._problem
         return self._rules
+
+
+class DefaultRulesSource:
+    """
+    A listener's rules when none were named: C{ROOT/rules/NAME.cdb}, else
+    C{ROOT/rules/NAME}, else none (everyone allowed), chosen again at each check (at most
+    once per C{interval} seconds), so that a rules file made after start-up, or a cdb
+    compiled from the text file, takes effect as an edit would.  The chosen file is a
+    L{RulesSource}.
+    """
+
+    def __init__(self, candidates, clock=None, interval=1.0):
+        self.candidates = list(candidates)
+        self._clock = clock if clock is not None else _MonotonicClock()
+        self._interval = interval
+        self._source = None
+        self._choose(strict=True)
+        self._checkedAt = self._clock.seconds()
+
+    @property
+    def path(self):
+        """The file in force, or C{None}."""
+        return self._source.path if self._source is not None else None
+
+    def _choose(self, strict=False):
+        path = next((p for p in self.candidates if os.path.exists(p)), None)
+        if path is None:
+            self._source = None
+        elif self._source is None or self._source.path != path:
+            self._source = RulesSource(path, self._clock, self._interval, strict=strict)
+
+    def current(self):
+        """
+        The rules in force, or C{None} when no candidate exists; raises L{RulesError} as
+        L{RulesSource.current} does for the file chosen.
+        """
+        now = self._clock.seconds()
+        if now - self._checkedAt >= self._interval or now < self._checkedAt:
+            self._checkedAt = now
+            self._choose()
+        if self._source is None:
+            return None
+        return self._source.current()

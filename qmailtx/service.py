@@ -20,7 +20,7 @@ from qmailtx.qqprogram import ProgramQueue
 from qmailtx.queue import Queue
 from qmailtx.results import StartRefused
 from qmailtx.rootdir import createRoot
-from qmailtx.rules import RulesSource
+from qmailtx.rules import DefaultRulesSource, RulesSource
 from qmailtx.smtpfactory import SMTPFactory
 from qmailtx.tcpserver import RulesFactory
 
@@ -51,12 +51,12 @@ class Site:
                             self.reactor)
 
     def defaultRules(self, name):
-        """C{ROOT/rules/NAME.cdb}, else C{ROOT/rules/NAME}, else none (allow everyone)."""
-        for candidate in (name + ".cdb", name):
-            path = os.path.join(self.root, "rules", candidate)
-            if os.path.exists(path):
-                return path
-        return None
+        """
+        C{ROOT/rules/NAME.cdb}, else C{ROOT/rules/NAME}, else none (allow everyone),
+        looked for again as the listener runs.
+        """
+        return DefaultRulesSource([os.path.join(self.root, "rules", candidate)
+                                   for candidate in (name + ".cdb", name)])
 
 
 def buildSMTP(site, config, defaultEnv=None):
@@ -264,11 +264,11 @@ def makeQmailService(config, reactor=None):
         factory = LISTENERS[kind](site, config)
         if pool is not None and handsOff(kind, description):
             factory = HandOffFactory(pool, kind, factory)
-        rulesPath = config["rules"].get(kind) or site.defaultRules(kind)
+        rulesPath = config["rules"].get(kind)
         wrapped = RulesFactory(
             factory,
             kind,
-            rules=RulesSource(rulesPath) if rulesPath else None,
+            rules=RulesSource(rulesPath) if rulesPath else site.defaultRules(kind),
             maxConnections=config["maxconn"].get(kind, DEFAULT_MAXCONN),
             maxPerIP=config["maxperip"].get(kind, 0),
             reactor=reactor,

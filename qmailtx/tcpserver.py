@@ -303,12 +303,13 @@ class RulesFactory(protocol.ServerFactory):
                 self._emit(f"tcpserver: warning: dropping connection, {e}", warn=True)
                 _drop(transport)
                 return
-            match = rules.lookup(ip, env.get("TCPREMOTEHOST"), env.get("TCPREMOTEINFO"))
-            if match.deny:
-                self._emit(self._line("deny", gate, env))
-                _drop(transport)
-                return
-            env.update(match.env)
+            if rules is not None:
+                match = rules.lookup(ip, env.get("TCPREMOTEHOST"), env.get("TCPREMOTEINFO"))
+                if match.deny:
+                    self._emit(self._line("deny", gate, env))
+                    _drop(transport)
+                    return
+                env.update(match.env)
         if self.maxPerIP:
             count = self._perIP.get(ip, 0)
             if count >= self.maxPerIP:

@@ -335,3 +335,39 @@ def test_control_edit_reaches_next_connection(daemon, qmailRoot):
     c = RawClient(daemon.port)
     assert c.line() == b"220 mx.example.com changed greeting ESMTP"
     c.close()
+
+
+def test_rulesFileMadeAfterStart(qmailRoot):
+    """
+    With no --rules, a listener looks for ROOT/rules/smtp.cdb, else ROOT/rules/smtp, as it
+    runs: a rules file written after start-up applies, and a cdb compiled from it by
+    tcprules takes over from the text, without a restart.
+    """
+    import subprocess
+    import sys
+
+    from tests.service.daemon import REPO
+
+    os.unlink(qmailRoot / "rules" / "smtp")
+
+    def greeting(port):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            return s.recv(100)
+
+    def waitFor(port, predicate):
+        deadline = time.monotonic() + 10
+        while True:
+            got = greeting(port)
+            if predicate(got) or time.monotonic() > deadline:
+                return got
+            time.sleep(0.2)
+
+    with Daemon(qmailRoot) as d:
+        assert greeting(d.port).startswith(b"220 ")
+        (qmailRoot / "rules" / "smtp").write_bytes(b"127.0.0.1:deny\n")
+        assert waitFor(d.port, lambda g: g == b"") == b""
+        subprocess.run([sys.executable, "-m", "qmailtx.scripts.main", "tcprules",
+                        str(qmailRoot / "rules" / "smtp.cdb"), str(qmailRoot / "rules" / "t")],
+                       input=b"127.0.0.1:allow\n", check=True,
+                       env=dict(os.environ, PYTHONPATH=REPO))
+        assert waitFor(d.port, lambda g: g != b"").startswith(b"220 ")

@@ -10,6 +10,7 @@ import pytest
 from qmailtx import rules
 from qmailtx.cdbfile import buildCdb
 from qmailtx.rules import (
+    DefaultRulesSource,
     Rules,
     RulesError,
     RulesMissing,
@@ -307,3 +308,48 @@ def test_sourceUnreadableAtStartRaises(tmp_path):
     with pytest.raises(RulesError) as e:
         RulesSource(str(tmp_path / "file" / "y"))
     assert "not a directory" in str(e.value)
+
+
+def test_defaultSourceFollowsWhichFileExists(tmp_path):
+    """
+    Without a named rules file a listener uses NAME.cdb, else NAME, else no rules, chosen
+    again at each check: a file made after start-up takes effect, a cdb compiled from the
+    text takes over from it, and removing the cdb falls back to the text.
+    """
+    text, cdb = tmp_path / "qmqp", tmp_path / "qmqp.cdb"
+    clock = FakeClock()
+    source = DefaultRulesSource([str(cdb), str(text)], clock=clock)
+    assert source.current() is None and source.path is None
+    _replace(text, b"127.0.0.1:deny\n")
+    clock.now += 0.5
+    assert source.current() is None
+    clock.now += 0.6
+    assert source.current().lookup("127.0.0.1").deny and source.path == str(text)
+    buildCdb(str(cdb), str(tmp_path / "t"), [(b"127.0.0.1", b"+\0")])
+    clock.now += 1
+    assert not source.current().lookup("127.0.0.1").deny and source.path == str(cdb)
+    os.unlink(cdb)
+    clock.now += 1
+    assert source.current().lookup("127.0.0.1").deny
+    os.unlink(text)
+    clock.now += 1
+    assert source.current() is None
+
+
+def test_defaultSourceBadFile(tmp_path):
+    """A bad file there at start is a start-up error, as for a named one; one that appears
+    later drops connections (RulesError) until it is fixed, rather than letting all in."""
+    text = tmp_path / "smtp"
+    text.write_bytes(b"bad:allow#\n")
+    with pytest.raises(RulesError):
+        DefaultRulesSource([str(tmp_path / "smtp.cdb"), str(text)], clock=FakeClock())
+    os.unlink(text)
+    clock = FakeClock()
+    source = DefaultRulesSource([str(tmp_path / "smtp.cdb"), str(text)], clock=clock)
+    _replace(text, b"bad:allow#\n")
+    clock.now += 1
+    with pytest.raises(RulesError):
+        source.current()
+    _replace(text, b"127.0.0.1:deny\n")
+    clock.now += 1
+    assert source.current().lookup("127.0.0.1").deny
