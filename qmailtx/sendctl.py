@@ -2,7 +2,7 @@
 How C{qmailtx ctl} finds and steers a running daemon: C{ROOT/run/qmailtx.pid} and the
 control socket C{ROOT/run/ctl} (both made by L{ControlService}).
 
-The socket takes one word per line (C{stat}, C{doqueue}, C{reload}, C{pause}, C{cont})
+The socket takes one word per line (C{stat}, C{pid}, C{doqueue}, C{reload}, C{pause}, C{cont})
 and answers one line; only the daemon's user (and root) can reach it (C{run/} is 0700).
 Pause and cont need it because the daemon is one process: SIGSTOP would stop the SMTP
 listeners too.  Writes only C{ROOT/run/}; must not import queue or delivery code.
@@ -38,6 +38,8 @@ class ControlProtocol(LineOnlyReceiver):
             state = "paused" if sender.paused else "running"
             reply = (f"qmail-send: {state}, {len(sender.jobs)} messages, "
                      f"{sender.statusText()}")
+        elif word == "pid":
+            reply = f"pid {os.getpid()}"
         elif word in ("doqueue", "alrm", "flush"):
             sender.flush()
             reply = "ok: retrying deferred messages now"

@@ -2,7 +2,7 @@
 C{qmailtx ctl [--root DIR] stat|queue|doqueue|reload|pause|cont|cdb}: qmailctl's everyday
 verbs against a running C{twistd qmail} (spec/tools.md §9).
 
-The daemon is found by C{ROOT/run/qmailtx.pid}; C{doqueue} and C{reload} send it SIGALRM and
+The daemon is found by C{ROOT/run/qmailtx.pid}, confirmed on C{ROOT/run/ctl}; C{doqueue} and C{reload} send it SIGALRM and
 SIGHUP as qmailctl does to qmail-send, C{pause}/C{cont} go through the control socket
 C{ROOT/run/ctl} (one process: SIGSTOP would stop the listeners too).  C{cdb} compiles every
 C{ROOT/rules/NAME} text file to C{NAME.cdb} and C{control/morercpthosts} to
@@ -26,12 +26,19 @@ REPLY_LIMIT = 4096
 
 
 def daemonPid(root):
-    """The running daemon's pid, or C{None}."""
+    """
+    The running daemon's pid, or C{None}.  The pid file alone is not trusted: one left by
+    a daemon that died (SIGKILL, the OOM killer) may name a process that reused the
+    number, and C{doqueue} would kill it with SIGALRM.  The daemon must also say that
+    pid on its control socket, which only the root's owner can reach.
+    """
     try:
         with open(runPath(root, PID_FILE)) as f:
             pid = int(f.read().strip())
         os.kill(pid, 0)
     except (OSError, ValueError):
+        return None
+    if ask(root, "pid") != f"pid {pid}":
         return None
     return pid
 

@@ -98,3 +98,24 @@ def test_portInUseRefuses(daemon, tmp_path):
     assert (f"alert: cannot start: unable to listen for smtp on tcp:{daemon.port}"
             in other.log())
     assert not os.path.exists(tmp_path / "other" / "run" / "qmailtx.pid")
+
+
+def test_stalePidFileIsNotSignalled(qmailRoot):
+    """A pid file left by a daemon that died, naming a process that reused the number, is
+    not trusted: ctl says there is no daemon and signals nothing."""
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        run = qmailRoot / "run"
+        run.mkdir(mode=0o700, exist_ok=True)
+        (run / "qmailtx.pid").write_text(f"{victim.pid}\n")
+        out = ctl(qmailRoot, "doqueue")
+        assert out.returncode == 111
+        assert out.stderr == f"ctl: fatal: no running daemon for {qmailRoot}\n"
+        assert ctl(qmailRoot, "reload").returncode == 111
+        out = ctl(qmailRoot, "stat")
+        assert out.returncode == 1 and out.stdout.startswith("qmailtx: down")
+        time.sleep(0.2)
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
