@@ -218,6 +218,13 @@ def main(argv):
     signal.signal(signal.SIGALRM, _die)
     signal.alarm(DEATH)
     os.umask(0o033)
+    for fd in (0, 1):
+        # Closed, the number would go to the next file or socket opened (the daemon's
+        # queue socket), which would then be read as the message or the envelope.
+        try:
+            os.fstat(fd)
+        except OSError:
+            return 54
     try:
         root = parseRoot(list(argv[1:]))
         from qmailtx.scripts.qmqpc import nullClient  # null-client mode: control/qmqpservers

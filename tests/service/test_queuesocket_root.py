@@ -103,3 +103,25 @@ def test_enqueueRefusedWithoutDaemonSocket(site, user):
                        {"QMAILHOME": site.root})
     assert result.returncode == 111
     assert b"qq trouble creating files in queue" in result.stderr
+
+
+@pytest.mark.parametrize("closed", [0, 1])
+def test_closedMessageOrEnvelopeDescriptor(site, user, closed):
+    """The user's `qmailtx queue` with fd 0 or fd 1 closed exits 54, as qmail-queue does,
+    instead of reading its own connection to the daemon as the message or envelope."""
+    envelope = b"Fjoe@" + ME.encode() + b"\0Tjoe-box@" + ME.encode() + b"\0\0"
+    readFd, writeFd = os.pipe()
+    os.write(writeFd, envelope)
+    os.close(writeFd)
+
+    def closeOne():
+        os.close(closed)
+    try:
+        queued = subprocess.run(
+            [site.python, "-m", "qmailtx.scripts.main", "queue", "--root", site.root],
+            input=b"Subject: by queue\n\nq\n", stdout=readFd, user=user.uid, group=user.gid,
+            extra_groups=[], env=pythonpath.environ(), cwd=user.base, timeout=30,
+            preexec_fn=closeOne)
+    finally:
+        os.close(readFd)
+    assert queued.returncode == 54
