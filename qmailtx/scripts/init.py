@@ -7,6 +7,11 @@ from qmailtx.rootdir import RootExists, createRoot
 USAGE = "init: usage: qmailtx init ROOT [--me HOSTNAME]\n"
 
 
+def isHostName(me):
+    """What control/me can hold on one line: an ASCII host name or [address] literal."""
+    return me.isascii() and all(c.isalnum() or c in "-._[]:" for c in me)
+
+
 def main(argv):
     args = list(argv[1:])
     me = None
@@ -24,6 +29,10 @@ def main(argv):
             return 100
     if root is None or (me is not None and not me):
         sys.stderr.write(USAGE)
+        return 100
+    if me is not None and not isHostName(me):
+        sys.stderr.write(f"init: fatal: {me.encode('ascii', 'backslashreplace').decode()!r} "
+                         "is not a host name (letters, digits, '-', '.' and '_' only)\n")
         return 100
     try:
         createRoot(root, me)

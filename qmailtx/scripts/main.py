@@ -5,8 +5,10 @@ A tool is any module in this package with a C{main(argv) -> int}; C{argv[0]} is 
 qmail name, so messages read C{tcprules: fatal: ...} exactly as qmail's do.
 """
 
+import errno
 import importlib
 import keyword
+import os
 import pkgutil
 import sys
 
@@ -38,7 +40,44 @@ def main(argv):
     if keyword.iskeyword(module):
         module += "_"  # a tool named like a keyword (except) lives in except_.py
     module = importlib.import_module("qmailtx.scripts." + module)
-    return module.main([name] + argv[2:])
+    for stream in ("stdin", "stdout"):
+        if getattr(sys, stream) is None:
+            setattr(sys, stream, _Closed())
+    try:
+        code = module.main([name] + argv[2:])
+        sys.stdout.flush()
+    except OSError as e:
+        # What a tool does not handle itself: a closed descriptor, a full disk under its
+        # output, a write to a pipe nobody reads.  One line and a temporary failure, as
+        # qmail's tools say "fatal: unable to write output".
+        _quietStdout()
+        sys.stderr.write(f"{name}: fatal: {e.strerror or e}\n")
+        return 111
+    return code
+
+
+class _Closed:
+    """
+    Stands in for C{sys.stdin} or C{sys.stdout} when that descriptor was closed at start
+    (Python leaves C{None}): using it fails as a read or write on a closed descriptor would.
+    """
+
+    buffer = property(lambda self: self)
+
+    def __getattr__(self, name):
+        def closed(*args, **kwargs):
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return closed
+
+
+def _quietStdout():
+    """After a write error, drop what is buffered so the exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def run():
