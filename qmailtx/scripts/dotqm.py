@@ -13,7 +13,7 @@ Every file written starts with L{MARKER}; C{dotqm} replaces and removes only suc
 hand-written C{.qmail-x} is never touched (a conflict is an error).  Files are written to a
 temporary name no delivery can match, fsynced, made 0600 and renamed into place, while the
 home directory carries the sticky bit (qmail-local defers during the update).  Writes only
-C{.qmail-*} files in the current directory (the home).
+C{.qmail-*} files in C{$HOME} (the passwd entry's home when C{$HOME} is unset or empty).
 """
 
 import getopt
@@ -138,16 +138,29 @@ def update(home, files, say):
         os.chmod(home, old)
 
 
+def pwdHome():
+    """The passwd entry's home (for C{$HOME} unset or empty; empty must not mean '.')."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return None
+
+
 def main(argv):
     try:
         opts, args = getopt.getopt(argv[1:], "v")
     except getopt.GetoptError:
         args = None
     if args is None or len(args) > 1:
-        sys.stderr.write("dotqm: usage: qmailtx dotqm [-v] [FILE]\n")
+        sys.stderr.write("dotqm: usage: qmailtx dotqm [-v] [FILE] (writes $HOME/.qmail-*)\n")
         return 100
     verbose = bool(opts)
-    home = os.fsencode(os.environ.get("HOME") or os.path.expanduser("~"))
+    home = os.environ.get("HOME") or pwdHome()
+    if not home:
+        sys.stderr.write(f"dotqm: fatal: no home directory: HOME is unset and uid "
+                         f"{os.getuid()} has no passwd entry\n")
+        return 111
+    home = os.fsencode(home)
     path = os.fsencode(args[0]) if args else os.path.join(home, b".dotqmrc")
     try:
         login = os.fsencode(pwd.getpwuid(os.getuid()).pw_name)
