@@ -31,6 +31,10 @@ PREADMISSION_LIMIT = 16 * 1024
 # (tcpserver relies on its resolver's own timeouts, which a custom resolver may lack).
 PTR_TIMEOUT = 30
 
+# Seconds before a client over its per-IP limit is looked at once more, so that the end of
+# its previous session (still in flight, or reported by a receiver) is counted first.
+PER_IP_RECHECK = 0.05
+
 _log = Logger(namespace="qmailtx.tcpserver")
 
 _PTR = 12
@@ -78,6 +82,7 @@ class _Gate(protocol.Protocol):
         self.early = b""
         self.counted = False
         self.handedOff = False
+        self.recheckedPerIP = False
 
     def logPrefix(self):
         """The listener's name, which the transport keeps as its log prefix for good."""
@@ -310,8 +315,30 @@ class RulesFactory(protocol.ServerFactory):
                     _drop(transport)
                     return
                 env.update(match.env)
+        self._enter(gate, env, ip, line)
+
+    def _recheckPerIP(self, gate, env, ip, line):
+        if not gate.connected:
+            return
+        try:
+            self._enter(gate, env, ip, line)
+        except Exception:
+            _log.failure("tcpserver: dropping connection", log_system=self.service)
+            if not gate.handedOff:
+                _drop(gate.transport)
+
+    def _enter(self, gate, env, ip, line):
+        """The per-IP limit, then the inner protocol."""
+        transport = gate.transport
         if self.maxPerIP:
             count = self._perIP.get(ip, 0)
+            if count >= self.maxPerIP and not gate.recheckedPerIP:
+                # A client that reconnects the moment its session ended is often seen
+                # before that end is counted (its close is in the same batch of events,
+                # or a receiver's report is on its way): look once more, a moment later.
+                gate.recheckedPerIP = True
+                self.reactor.callLater(PER_IP_RECHECK, self._recheckPerIP, gate, env, ip, line)
+                return
             if count >= self.maxPerIP:
                 self._emit(self._line("busy", gate, env))
                 transport.write(getattr(self.wrappedFactory, "busyReply", b""))

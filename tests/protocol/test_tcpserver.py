@@ -14,7 +14,7 @@ from twisted.names import dns
 from twisted.python.failure import Failure
 
 from qmailtx.rules import Rules, RulesSource
-from qmailtx.tcpserver import RulesFactory, addressText, reverseName
+from qmailtx.tcpserver import PER_IP_RECHECK, RulesFactory, addressText, reverseName
 
 BUSY = b"421 too many connections from your address (#4.3.2)\r\n"
 
@@ -242,6 +242,8 @@ def test_perIPLimit(logged):
     a = h.connect("1.2.3.4")
     h.connect("1.2.3.4")
     c = h.connect("1.2.3.4", 40009)
+    assert c.value() == b"" and c.connected
+    h.factory.reactor.advance(PER_IP_RECHECK)
     assert c.value() == BUSY and not c.connected and len(h.inner.made) == 2
     assert ("smtp", "tcpserver: busy 3 :127.0.0.1:25 :1.2.3.4::40009") in lines(logged)
     h.connect("5.6.7.8")
@@ -258,7 +260,22 @@ def test_perIPLimitWithoutBusyReply():
     del h.inner.busyReply
     h.connect()
     t = h.connect()
+    h.factory.reactor.advance(PER_IP_RECHECK)
     assert t.value() == b"" and not t.connected
+
+
+def test_perIPLimitCountsASessionThatJustEnded():
+    """A client reconnecting the moment its session ended, before that end is counted (it
+    comes in the same batch of events, or from a receiver), is let in: the limit is looked
+    at once more PER_IP_RECHECK later."""
+    h = Harness(maxPerIP=1)
+    first = h.connect("1.2.3.4")
+    again = h.connect("1.2.3.4", 40010)
+    assert again.connected and len(h.inner.made) == 1
+    first.loseConnection()
+    h.factory.reactor.advance(PER_IP_RECHECK)
+    assert again.connected and again.value() == b"" and len(h.inner.made) == 2
+    assert h.factory._perIP == {"1.2.3.4": 1}
 
 
 def test_deniedClientNotCountedPerIP():
