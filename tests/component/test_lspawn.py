@@ -5,6 +5,7 @@ taking each request and the message's descriptor in one socket message, ending a
 the socket (run as a throwaway user when we are root).
 """
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -166,6 +167,37 @@ def readAnswer(stream):
     return report
 
 
+@contextlib.contextmanager
+def socketWorker(space, root, extraEnv=None):
+    """A C{deliverworker --fdsock} run as the space's user: (our socket end, the process);
+    killed at the end if it is still running."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qmailtx.scripts.main", "deliverworker", "--root", root,
+         "--fdsock", str(theirs.fileno()), *space.workerArgs()],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=workerEnv(extraEnv),
+        pass_fds=[theirs.fileno()])
+    theirs.close()
+    try:
+        yield mine, proc
+    finally:
+        mine.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+def sendWithMessage(mine, data, message):
+    """One request and the open message file in one socket message, as the spawner sends."""
+    fd = os.open(message, os.O_RDONLY)
+    try:
+        assert socket.send_fds(mine, [data], [fd]) == len(data)
+    finally:
+        os.close(fd)
+
+
 def test_workerTakesRequestAndDescriptorFromItsSocket(space):
     """Each request arrives with the open message in one sendmsg (the path is only a name:
     it does not exist); a request without a descriptor gets 'unable to open message'; EOF
@@ -177,34 +209,15 @@ def test_workerTakesRequestAndDescriptorFromItsSocket(space):
     for sub in ("tmp", "new", "cur"):
         space.mkdir(os.path.join(maildir, sub), 0o700)
     message = space.file(os.path.join(space.fresh("m"), "mess"), b"Subject: hi\n\nbody\n")
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qmailtx.scripts.main", "deliverworker", "--root", root,
-         "--fdsock", str(theirs.fileno()), *space.workerArgs()],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=workerEnv(),
-        pass_fds=[theirs.fileno()])
-    theirs.close()
-    try:
+    with socketWorker(space, root) as (mine, proc):
         for _ in range(2):
-            fd = os.open(message, os.O_RDONLY)
-            try:
-                data = request(b"/nonexistent/queue/mess/1", home)
-                assert socket.send_fds(mine, [data], [fd]) == len(data)
-            finally:
-                os.close(fd)
+            sendWithMessage(mine, request(b"/nonexistent/queue/mess/1", home), message)
             assert readAnswer(proc.stdout) == b"Kdid 1+0+0\n"
         assert len(os.listdir(os.path.join(maildir, "new"))) == 2
         mine.sendall(request(message.encode(), home))
         assert readAnswer(proc.stdout) == b"Zqmail-spawn unable to open message. (#4.3.0)\n"
         mine.shutdown(socket.SHUT_WR)
         assert proc.wait(10) == 0
-    finally:
-        mine.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdin.close()
-        proc.stdout.close()
 
 
 def test_workerOutlivesGroupSignalsAndLeaksNothing(space):
@@ -226,23 +239,11 @@ def test_workerOutlivesGroupSignalsAndLeaksNothing(space):
                     b"cat >/dev/null; cat <&1 >/dev/null\nexit 0\n" % (out.encode(), out.encode()),
                     0o755)
     message = space.file(os.path.join(space.fresh("m"), "mess"), b"Subject: hi\n\nbody\n")
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qmailtx.scripts.main", "deliverworker", "--root", root,
-         "--fdsock", str(theirs.fileno()), *space.workerArgs()],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=workerEnv({"QMAILQUEUE": qq}),
-        pass_fds=[theirs.fileno()])
-    theirs.close()
-    try:
+    with socketWorker(space, root, {"QMAILQUEUE": qq}) as (mine, proc):
         time.sleep(1)
         for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             proc.send_signal(number)
-        fd = os.open(message, os.O_RDONLY)
-        try:
-            data = request(b"/nonexistent/queue/mess/1", home)
-            assert socket.send_fds(mine, [data], [fd]) == len(data)
-        finally:
-            os.close(fd)
+        sendWithMessage(mine, request(b"/nonexistent/queue/mess/1", home), message)
         assert readAnswer(proc.stdout).startswith(b"Kdid 0+1+0")
         assert proc.poll() is None
         seen = open(out).read()
@@ -252,13 +253,6 @@ def test_workerOutlivesGroupSignalsAndLeaksNothing(space):
             assert not ignored & (1 << (number - 1)), seen
         mine.shutdown(socket.SHUT_WR)
         assert proc.wait(10) == 0
-    finally:
-        mine.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdin.close()
-        proc.stdout.close()
 
 
 @pytest.mark.parametrize("buffer, expected", [
