@@ -45,7 +45,8 @@ def main(argv):
             setattr(sys, stream, _Closed())
     try:
         code = module.main([name] + argv[2:])
-        sys.stdout.flush()
+        if not isinstance(sys.stdout, _Closed):
+            sys.stdout.flush()
     except OSError as e:
         # What a tool does not handle itself: a closed descriptor, a full disk under its
         # output, a write to a pipe nobody reads.  One line and a temporary failure, as

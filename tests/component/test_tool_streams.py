@@ -69,3 +69,12 @@ def test_initRefusesBadHostName(tmp_path, me):
     assert result.returncode == 100
     oneLine(result, "init: fatal: ")
     assert not os.path.exists(tmp_path / "r")
+
+
+@pytest.mark.parametrize("closed", [0, 1])
+def test_queueKeepsItsOwnExitCode(root, closed):
+    """A tool that handles a closed descriptor itself keeps its own answer: qmail-queue's
+    54, not the dispatcher's 111."""
+    result = tool("queue", "--root", root, closed=closed)
+    assert result.returncode == 54
+    assert os.listdir(os.path.join(root, "queue", "todo")) == []
