@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from twisted.internet import defer, protocol
 
-from qmailtx import log
 from qmailtx.children import killChild
 from qmailtx.results import PermFailure, TempFailure
 
@@ -151,11 +150,6 @@ def checkPassword(reactor, program, login, password, challenge,
             proto, program[0], list(program) + REPORT_PROGRAM, env=childEnv,
             childFDs={0: quiet, 1: "r", 2: quiet, 3: "w"},
         )
-    except (FileNotFoundError, PermissionError, NotADirectoryError) as e:
-        # qmail forks, then the exec fails in the child, which exits 1: to the client
-        # that is a refused login.  The operator hears why.
-        log.warning(f"checkpassword: unable to run {log.logsafe(program[0])}: {e.strerror}")
-        return defer.fail(Refused(AUTH_FAILED, 1))
     except Exception:
         return defer.fail(TempFailure(NO_FORK))
     return d
