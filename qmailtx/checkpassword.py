@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from twisted.internet import defer, protocol
 
+from qmailtx import log
 from qmailtx.children import killChild
 from qmailtx.results import PermFailure, TempFailure
 
@@ -150,7 +151,11 @@ def checkPassword(reactor, program, login, password, challenge,
             proto, program[0], list(program) + REPORT_PROGRAM, env=childEnv,
             childFDs={0: quiet, 1: "r", 2: quiet, 3: "w"},
         )
-    except Exception:
+    except Exception as e:
+        # smtp.md: "454 ... child won't start"; pop3.md: "-ERR unable to fork".  The client
+        # hears a temporary failure; the operator needs the reason.
+        log.warning(f"checkpassword: unable to run {log.logsafe(program[0])}: "
+                    f"{getattr(e, 'strerror', None) or e}")
         return defer.fail(TempFailure(NO_FORK))
     return d
 

@@ -93,10 +93,19 @@ class CheckPasswordTests(unittest.TestCase):
         self.assertEqual(e.exception.text, b"aack, child crashed")
 
     async def test_missingProgram(self):
-        """A checker that cannot be executed is refused, never accepted."""
+        """A checker that cannot be started is a temporary failure (SMTP's 454 "child won't
+        start", POP3's "unable to fork"), never an acceptance, and the log says why."""
+        from twisted.logger import globalLogPublisher
+
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
         self.program = [b"/nonexistent/checkpassword"]
-        with self.assertRaises((PermFailure, TempFailure)):
+        with self.assertRaises(TempFailure) as e:
             await self.check(b"joe", b"secret")
+        self.assertEqual(e.exception.text, checkpassword.NO_FORK)
+        self.assertIn("warning: checkpassword: unable to run /nonexistent/checkpassword: "
+                      "No such file or directory", [event.get("qmail") for event in seen])
 
     async def test_userFallsBackToLogin(self):
         """A checker that leaves USER unset still yields the login as user."""
