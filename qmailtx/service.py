@@ -8,6 +8,7 @@ C{(site, config)} and returning the protocol factory to put behind the rules lay
 """
 
 import os
+import sys
 
 from twisted.application import service
 from twisted.internet import endpoints
@@ -124,16 +125,34 @@ class QmailService(service.MultiService):
     """
     The tree's root.  twistd starts services before its reactor runs, so stopping the
     reactor from inside a start does nothing: a service that cannot start raises
-    L{StartRefused} from C{privilegedStartService} instead, and the daemon exits 111 (as
-    qmail's programs do on trouble they cannot fix) before any socket of a live daemon on
-    the same root is touched and before a listener takes a connection.
+    L{StartRefused} from C{privilegedStartService} instead, before any socket of a live
+    daemon on the same root is touched and before a listener takes a connection.
+
+    The exception goes through twistd on purpose: it removes its pid file and, when
+    daemonizing, hands the reason to the waiting parent (which prints it and exits 1; a
+    C{SystemExit} would leave that parent waiting for ever).  What reaches the top is then
+    one line on stderr and exit 111, as qmail's programs end on trouble, not a traceback.
     """
 
     def privilegedStartService(self):
         try:
             service.MultiService.privilegedStartService(self)
         except StartRefused:
-            raise SystemExit(111)
+            sys.excepthook = _refusedHook(sys.excepthook)
+            raise
+
+
+def _refusedHook(previous):
+    def hook(kind, value, tb):
+        if not isinstance(value, StartRefused):
+            return previous(kind, value, tb)
+        try:
+            sys.stdout.flush()
+            sys.stderr.write(f"qmailtx: cannot start: {value}\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(111)
+    return hook
 
 
 class ListenerService(service.Service):
@@ -164,9 +183,8 @@ class ListenerService(service.Service):
         return port
 
     def _ebListening(self, failure, refused):
-        why = (f"cannot start: unable to listen for {self.kind} on {self.description}: "
-               f"{failure.getErrorMessage()}")
-        log.alert(why)
+        why = f"unable to listen for {self.kind} on {self.description}: {failure.getErrorMessage()}"
+        log.alert("cannot start: " + why)
         refused.append(why)
         from twisted.internet import reactor
 

@@ -52,7 +52,9 @@ def main(argv):
         # output, a write to a pipe nobody reads.  One line and a temporary failure, as
         # qmail's tools say "fatal: unable to write output".
         _quietStdout()
-        sys.stderr.write(f"{name}: fatal: {e.strerror or e}\n")
+        if not isinstance(e, BrokenPipeError):
+            # A reader that went away (| head) is no news, as SIGPIPE ends qmail's tools.
+            sys.stderr.write(f"{name}: fatal: {e.strerror or e}\n")
         return 111
     return code
 

@@ -71,11 +71,13 @@ def test_secondDaemonRefuses(daemon, qmailRoot):
     second = Daemon(qmailRoot)
     second.logPath = str(qmailRoot) + ".second.log"
     second.start(wait=False)
-    assert second.process.wait(20) == 111
-    second.stop()
+    try:
+        assert second.process.wait(20) == 111
+    finally:
+        second.kill()
     log = open(second.logPath).read()
     assert "alert: cannot start: qmail-send is already running" in log
-    assert "listening on" not in log
+    assert "listening on" not in log and "Traceback" not in log
     assert ctl(qmailRoot, "pause").stdout == "ok: deliveries paused\n"
     out = ctl(qmailRoot, "stat")
     assert f"qmailtx: up (pid {daemon.process.pid})" in out.stdout
@@ -93,10 +95,13 @@ def test_portInUseRefuses(daemon, tmp_path):
     other = Daemon(tmp_path / "other")
     other.ports["smtp"] = daemon.port
     other.start(wait=False)
-    assert other.process.wait(20) == 111
-    other.stop()
-    assert (f"alert: cannot start: unable to listen for smtp on tcp:{daemon.port}"
-            in other.log())
+    try:
+        assert other.process.wait(20) == 111
+    finally:
+        other.kill()
+    log = other.log()
+    assert f"alert: cannot start: unable to listen for smtp on tcp:{daemon.port}" in log
+    assert "qmailtx: cannot start: unable to listen" in log and "Traceback" not in log
     assert not os.path.exists(tmp_path / "other" / "run" / "qmailtx.pid")
 
 
@@ -119,3 +124,22 @@ def test_stalePidFileIsNotSignalled(qmailRoot):
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_refusedStartAsDaemon(daemon, tmp_path):
+    """Daemonizing (no -n), a start that is refused reaches the waiting parent, which says
+    so and exits, rather than waiting for ever; twistd's pid file is removed."""
+    from qmailtx.rootdir import createRoot
+    from tests.service.daemon import twistdCommand
+
+    createRoot(str(tmp_path / "other"), "other.example")
+    pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    result = subprocess.run(
+        twistdCommand() + [f"--pidfile={pidfile}", f"--logfile={logfile}", "qmail", "--root",
+                           str(tmp_path / "other"), "--smtp",
+                           f"tcp:{daemon.port}:interface=127.0.0.1"],
+        capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+        env=dict(os.environ, PYTHONPATH=REPO))
+    assert result.returncode != 0
+    assert "unable to listen for smtp" in result.stdout + result.stderr
+    assert not pidfile.exists()
