@@ -29,6 +29,14 @@ SMTP_RULES = b"""\
 """
 
 
+def isHostName(me):
+    """What control/me can hold on one line: an ASCII host name or an [address] literal."""
+    return bool(me) and me.isascii() and all(c.isalnum() or c in "-._[]:" for c in me)
+
+
+HOST_NAME_RULE = "letters, digits and - . _ [ ] : only"
+
+
 def defaultHostname():
     name = socket.getfqdn()
     return name if name and "." in name else "localhost"

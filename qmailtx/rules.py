@@ -401,10 +401,10 @@ class RulesSource:
 class DefaultRulesSource:
     """
     A listener's rules when none were named: C{ROOT/rules/NAME.cdb}, else
-    C{ROOT/rules/NAME}, else none (everyone allowed), chosen again at each check (at most
-    once per C{interval} seconds), so that a rules file made after start-up, or a cdb
-    compiled from the text file, takes effect as an edit would.  The chosen file is a
-    L{RulesSource}.
+    C{ROOT/rules/NAME}, else (until one of them has existed) none, everyone allowed.  The
+    choice is made again at each check (at most once per C{interval} seconds), so that a
+    rules file made after start-up, or a cdb compiled from the text file, takes effect as
+    an edit would.  The chosen file is a L{RulesSource}.
     """
 
     def __init__(self, candidates, clock=None, interval=1.0):
@@ -421,10 +421,13 @@ class DefaultRulesSource:
         return self._source.path if self._source is not None else None
 
     def _choose(self, strict=False):
+        """
+        Follow the candidate that exists.  Once a file has been in force, its going away
+        (C{rm} before writing a new one) does not let everyone in: the last file chosen
+        stays, and, missing, drops connections until a candidate is back.
+        """
         path = next((p for p in self.candidates if os.path.exists(p)), None)
-        if path is None:
-            self._source = None
-        elif self._source is None or self._source.path != path:
+        if path is not None and (self._source is None or self._source.path != path):
             self._source = RulesSource(path, self._clock, self._interval, strict=strict)
 
     def current(self):

@@ -55,6 +55,8 @@ class TodoIntake:
 
     def _retryTodoLater(self):
         """One scan of C{todo/} L{TODO_RETRY} seconds on, however many entries had trouble."""
+        if self.stopping:
+            return
         if self._todoRetry is None or not self._todoRetry.active():
             self._todoRetry = self.reactor.callLater(TODO_RETRY, self.scanTodo)
 

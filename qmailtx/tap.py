@@ -8,6 +8,7 @@ C{SERVICE=VALUE}, the service being the listener's name (C{smtp}, C{qmtp}, ...).
 
 from twisted.python import usage
 
+from qmailtx.rootdir import HOST_NAME_RULE, isHostName
 from qmailtx.service import LISTENERS, makeQmailService
 
 DEFAULT_ROOT = "./qmail-root"
@@ -111,6 +112,8 @@ class Options(usage.Options):
         self["maxperip"][name] = n
 
     def postOptions(self):
+        if self["me"] is not None and not isHostName(self["me"]):
+            raise usage.UsageError(f"--me {self['me']!r} is not a host name ({HOST_NAME_RULE})")
         if self["receivers"] < 0:
             raise usage.UsageError("--receivers takes a count (0 or more)")
         if any(k in ("submission", "smtps") for k, _ in self["listeners"]) and \

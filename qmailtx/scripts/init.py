@@ -2,14 +2,9 @@
 
 import sys
 
-from qmailtx.rootdir import RootExists, createRoot
+from qmailtx.rootdir import HOST_NAME_RULE, RootExists, createRoot, isHostName
 
 USAGE = "init: usage: qmailtx init ROOT [--me HOSTNAME]\n"
-
-
-def isHostName(me):
-    """What control/me can hold on one line: an ASCII host name or [address] literal."""
-    return me.isascii() and all(c.isalnum() or c in "-._[]:" for c in me)
 
 
 def main(argv):
@@ -32,7 +27,7 @@ def main(argv):
         return 100
     if me is not None and not isHostName(me):
         sys.stderr.write(f"init: fatal: {me.encode('ascii', 'backslashreplace').decode()!r} "
-                         "is not a host name (letters, digits, '-', '.' and '_' only)\n")
+                         f"is not a host name ({HOST_NAME_RULE})\n")
         return 100
     try:
         createRoot(root, me)

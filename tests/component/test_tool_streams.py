@@ -1,7 +1,7 @@
 """
 Every C{qmailtx} tool, given a closed stdin or stdout or an output it cannot write (a
-full disk), says so in one line and exits 111 instead of a Python traceback; C{init}
-refuses a host name that cannot be one line of control/me.
+full disk), says so in one line and exits 111 instead of a Python traceback; C{init} and
+C{twistd qmail --me} refuse a host name that cannot be one line of control/me.
 """
 
 import os
@@ -78,3 +78,14 @@ def test_queueKeepsItsOwnExitCode(root, closed):
     result = tool("queue", "--root", root, closed=closed)
     assert result.returncode == 54
     assert os.listdir(os.path.join(root, "queue", "todo")) == []
+
+
+def test_daemonRefusesBadHostName(tmp_path):
+    """twistd qmail --me checks the name as init does, before it creates a root."""
+    from twisted.python import usage
+
+    from qmailtx.tap import Options
+
+    with pytest.raises(usage.UsageError, match="is not a host name"):
+        Options().parseOptions(["--root", str(tmp_path / "r"), "--me", "a\nb"])
+    assert not os.path.exists(tmp_path / "r")

@@ -314,7 +314,8 @@ def test_defaultSourceFollowsWhichFileExists(tmp_path):
     """
     Without a named rules file a listener uses NAME.cdb, else NAME, else no rules, chosen
     again at each check: a file made after start-up takes effect, a cdb compiled from the
-    text takes over from it, and removing the cdb falls back to the text.
+    text takes over from it, and removing the cdb falls back to the text.  Once a file has
+    been in force, none at all drops connections (fail closed) until one is back.
     """
     text, cdb = tmp_path / "qmqp", tmp_path / "qmqp.cdb"
     clock = FakeClock()
@@ -333,7 +334,11 @@ def test_defaultSourceFollowsWhichFileExists(tmp_path):
     assert source.current().lookup("127.0.0.1").deny
     os.unlink(text)
     clock.now += 1
-    assert source.current() is None
+    with pytest.raises(RulesMissing):
+        source.current()
+    _replace(text, b"127.0.0.1:allow\n")
+    clock.now += 1
+    assert not source.current().lookup("127.0.0.1").deny
 
 
 def test_defaultSourceBadFile(tmp_path):
