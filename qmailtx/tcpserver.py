@@ -287,10 +287,16 @@ class RulesFactory(protocol.ServerFactory):
             f"{env.get('TCPREMOTEINFO', '')}:{env['TCPREMOTEPORT']}"
         )
 
-    def _decideOrDrop(self, gate, env):
-        """L{_decide}, dropping the client if it fails before the hand-off (never a lost slot)."""
+    def _decideOrDrop(self, gate, env, step=None, *args):
+        """
+        L{_decide} (or C{step}), dropping the client if it fails before the hand-off (never
+        a lost slot).
+        """
         try:
-            self._decide(gate, env)
+            if step is None:
+                self._decide(gate, env)
+            else:
+                step(gate, env, *args)
         except Exception:
             _log.failure("tcpserver: dropping connection", log_system=self.service)
             if not gate.handedOff:
@@ -318,14 +324,8 @@ class RulesFactory(protocol.ServerFactory):
         self._enter(gate, env, ip, line)
 
     def _recheckPerIP(self, gate, env, ip, line):
-        if not gate.connected:
-            return
-        try:
-            self._enter(gate, env, ip, line)
-        except Exception:
-            _log.failure("tcpserver: dropping connection", log_system=self.service)
-            if not gate.handedOff:
-                _drop(gate.transport)
+        if gate.connected:
+            self._decideOrDrop(gate, env, self._enter, ip, line)
 
     def _enter(self, gate, env, ip, line):
         """The per-IP limit, then the inner protocol."""
