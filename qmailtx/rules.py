@@ -309,6 +309,15 @@ class _MonotonicClock:
         return time.monotonic()
 
 
+def _due(source):
+    """Whether C{source}'s C{interval} has passed since its last check (then: checked now)."""
+    now = source._clock.seconds()
+    if now - source._checkedAt >= source._interval or now < source._checkedAt:
+        source._checkedAt = now
+        return True
+    return False
+
+
 class RulesSource:
     """
     A rules file (text, or a cdb written by tcprules) that is re-read when it changes.
@@ -389,9 +398,7 @@ class RulesSource:
         The rules in force; raises L{RulesMissing} while the file does not exist and
         L{RulesError} while it has never been readable, so the caller drops the connection.
         """
-        now = self._clock.seconds()
-        if now - self._checkedAt >= self._interval or now < self._checkedAt:
-            self._checkedAt = now
+        if _due(self):
             self._refresh()
         if self._problem is not None:
             raise self._problem
@@ -435,9 +442,7 @@ class DefaultRulesSource:
         The rules in force, or C{None} when no candidate exists; raises L{RulesError} as
         L{RulesSource.current} does for the file chosen.
         """
-        now = self._clock.seconds()
-        if now - self._checkedAt >= self._interval or now < self._checkedAt:
-            self._checkedAt = now
+        if _due(self):
             self._choose()
         if self._source is None:
             return None

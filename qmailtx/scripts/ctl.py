@@ -2,9 +2,10 @@
 C{qmailtx ctl [--root DIR] stat|queue|doqueue|reload|pause|cont|cdb}: qmailctl's everyday
 verbs against a running C{twistd qmail} (spec/tools.md §9).
 
-The daemon is found by C{ROOT/run/qmailtx.pid}, confirmed on C{ROOT/run/ctl}; C{doqueue} and C{reload} send it SIGALRM and
-SIGHUP as qmailctl does to qmail-send, C{pause}/C{cont} go through the control socket
-C{ROOT/run/ctl} (one process: SIGSTOP would stop the listeners too).  C{cdb} compiles every
+The daemon is found by C{ROOT/run/qmailtx.pid} and confirmed on its control socket
+C{ROOT/run/ctl}; C{doqueue} and C{reload} send it SIGALRM and SIGHUP as qmailctl does to
+qmail-send, C{pause}/C{cont} go through the socket (one process: SIGSTOP would stop the
+listeners too).  C{cdb} compiles every
 C{ROOT/rules/NAME} text file to C{NAME.cdb} and C{control/morercpthosts} to
 C{morercpthosts.cdb} (qmail-newmrh).  Writes only those cdb files.
 """
