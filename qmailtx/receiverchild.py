@@ -213,6 +213,7 @@ def run(config, fd, reactor=None):
     for factory in factories.values():
         factory.noisy = False
         factory.doStart()
+    reactor.addSystemEventTrigger("before", "shutdown", site.queue.close)
     receiver.channel.send(b"R")
     spares.want()
     reactor.run()

@@ -108,6 +108,9 @@ _QQ_EXIT_TEXTS = {
 }
 
 QQ_CRASHED = b"Zqq crashed (#4.3.0)"
+QQ_SHUTTING_DOWN = b"Zqq shutting down, try again later (#4.3.2)"
+"""A daemon that is stopping takes no new message (L{qmailtx.queue.Queue.close}); a queue
+program reports it as exit 71, qmail's "temporarily rejected"."""
 QQ_READ_ERROR = b"Zqq read error (#4.3.0)"
 
 
@@ -138,6 +141,7 @@ def qqExitFailure(code, customText=b""):
 _REPORT_EXIT_CODES = {}
 for _code, _text in sorted(_QQ_EXIT_TEXTS.items()):
     _REPORT_EXIT_CODES.setdefault(_text, _code)
+_REPORT_EXIT_CODES[QQ_SHUTTING_DOWN] = 71
 
 
 def qqExitCode(failure):

@@ -412,3 +412,53 @@ def test_recycledInodesFromSpares(root):
     assert os.stat(os.path.join(root, "queue", "todo", str(msgid))).st_ino in inodes
     assert os.listdir(os.path.join(root, "queue", "pid")) == []
     assert os.stat(mess).st_mode & 0o777 == 0o644
+
+
+def test_closeWaitsForCommitsInFlight(root):
+    """A stopping daemon closes its queue: the commits in flight (a todo/ link may exist
+    already) finish and fire before close() does, so their clients get their 250 and do not
+    send the message again; a commit after close() fails at once, temporarily, in the
+    words of QQ_SHUTTING_DOWN, and leaves no file behind."""
+    flushes_ = ManualFlushes()
+    q = makeQueue(root, flushes_)
+    ds = commitSome(q, 3)
+    closed = q.close()
+    assert not closed.called
+    late = q.begin(b"from network")
+    late.write(b"x" * (WRITE_BUFFER + 1))  # big enough to have made its mess/ file
+    assert len(listing(root, "mess")) == 2
+    refused = result(late.commit(b"a", [b"late"]))
+    assert isinstance(refused.value, TempFailure)
+    assert refused.value.text == b"qq shutting down, try again later (#4.3.2)"
+    assert len(listing(root, "mess")) == 1 and len(listing(root, "intd")) == 1
+    while flushes_.pending:
+        assert not closed.called
+        flushes_.runOne()
+    assert all(isinstance(d.result, int) for d in ds)
+    assert closed.called
+    assert len(listing(root, "todo")) == 3 and len(listing(root, "mess")) == 3
+    assert listing(root, "pid") == []
+
+
+def test_closeWithNothingInFlight(root):
+    q = makeQueue(root)
+    assert q.close().called
+    refused = result(commitSome(q, 1)[0])
+    assert isinstance(refused.value, TempFailure)
+    assert listing(root, "mess") == [] and listing(root, "pid") == []
+
+
+def test_closeGivesUpAfterItsLimit(root):
+    """A disk that never answers does not hold the stop for ever: close() fires after its
+    limit, with a warning, and a flush answering later still completes its commits."""
+    flushes_ = ManualFlushes()
+    q = makeQueue(root, flushes_)
+    (d,) = commitSome(q, 1)
+    closed = q.close(limit=4)
+    q._reactor.advance(3.9)
+    assert not closed.called
+    q._reactor.advance(0.2)
+    assert closed.called and not d.called
+    while flushes_.pending:
+        flushes_.runOne()
+    assert isinstance(d.result, int)

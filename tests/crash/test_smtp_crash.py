@@ -142,3 +142,65 @@ def test_killUnderLoad(qmailRoot, receivers):
         restarted.stop()
     mess, _ = queueContents(root)
     assert "after" in {tokenOf(data) for data in mess.values()}
+
+
+def stoppingClient(port, number, stop, accepted, refusals):
+    """L{client}, keeping the text of every refusal it was given."""
+    n = 0
+    while not stop.is_set():
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                while not stop.is_set():
+                    token = f"c{number}m{n}"
+                    n += 1
+                    s.sendmail("sender@example.com", [RECIPIENT], body(token, 1 + n % 20))
+                    accepted.append(token)
+        except smtplib.SMTPResponseException as e:
+            refusals.append(e.smtp_error)
+        except (OSError, smtplib.SMTPException):
+            pass
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("receivers", [0, 2])
+def test_stopUnderLoad(qmailRoot, receivers):
+    """
+    SIGTERM while 20 clients send: a message whose todo/ link was made got its 250 before
+    the connection closed (else the client's retry would queue it twice), nothing that got
+    250 is lost, and a message caught by the stop is refused as a shutdown, not as a disk
+    error.
+    """
+    root = str(qmailRoot)
+    with open(os.path.join(root, "control", "concurrencyremote"), "w") as f:
+        f.write("0\n")
+    daemon = Daemon(root, extra=["--receivers", str(receivers)]).start()
+    if receivers:
+        receiverPids(daemon, receivers)
+    stop = threading.Event()
+    accepted, refusals = [], []
+    threads = [threading.Thread(target=stoppingClient,
+                                args=(daemon.port, i, stop, accepted, refusals), daemon=True)
+               for i in range(CLIENTS)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while len(accepted) < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        daemon.stop()
+        assert daemon.process.returncode is not None
+    finally:
+        stop.set()
+        daemon.kill()
+        for t in threads:
+            t.join(15)
+    assert len(accepted) >= 300, daemon.log()[-3000:]
+    mess, todo = queueContents(root)
+    info = {int(os.path.basename(p)) for p in glob.glob(os.path.join(root, "queue", "info", "*", "*"))}
+    queued = {tokenOf(data) for msgid, data in mess.items() if msgid in todo or msgid in info}
+    queued.discard(None)
+    acceptedNow = set(accepted)
+    assert not acceptedNow - queued, "accepted messages lost"
+    unanswered = queued - acceptedNow
+    assert not unanswered, f"{len(unanswered)} queued messages never got their 250: {sorted(unanswered)[:5]}"
+    assert all(b"qq shutting down" in text for text in refusals), refusals
