@@ -172,13 +172,9 @@ class FlusherService(service.Service):
         self.queue.flusher = FlushClient.start(self.reactor, self.queue.queueDir)
 
     def stopService(self):
-        """The queue's commits in flight finish first (L{qmailtx.queue.Queue.close}), then
-        flushes already asked for are answered (qmail-send and sessions still running when
-        the tree stops need them); shutdown waits for both."""
+        """Flushes already asked for are answered (qmail-send and sessions still running
+        when the tree stops need them); shutdown waits for that."""
         service.Service.stopService(self)
-        return self.queue.close().addCallback(self._finishFlusher)
-
-    def _finishFlusher(self, ignored):
         flusher, self.queue.flusher = self.queue.flusher, None
         if flusher is not None:
             return flusher.finish()

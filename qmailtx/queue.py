@@ -16,28 +16,22 @@ import itertools
 import os
 import time
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from qmailtx import log
 from qmailtx.envelope import receivedLine
 from qmailtx.flushclient import flushVia
 from qmailtx.queuefiles import _discard, _failureFor, _Trouble, syncFiles
 from qmailtx.queuelayout import createLayout, pullTrigger, splitName
 from qmailtx.queuewriter import QueueWriter
-from qmailtx.results import QQ_SHUTTING_DOWN, fromReport
 
 __all__ = ["Queue", "createLayout"]
 """C{createLayout} stays importable here for bench/, which builds a queue through this module."""
 
 PID_SEQ_LIMIT = 9
 """qmail-queue tries C{pid/<pid>.<time>.1} to C{.9} before giving up with exit 63."""
-DRAIN_LIMIT = 4.0
-"""Seconds L{Queue.close} waits for the commits in flight: a flush takes milliseconds, so
-only a disk that hangs reaches it; below a receiver's stop grace (5 s), after which the
-daemon kills it."""
 
 _log = Logger()
 
@@ -80,44 +74,6 @@ class Queue:
         self._linked = []
         self._flushing = False
         self._recycled = set()
-        self._closed = False
-        self._drained = []
-
-    def close(self, limit=DRAIN_LIMIT):
-        """
-        Take no more commits and wait for those in flight (a stopping daemon or receiver).
-
-        A commit in flight may have its C{todo/} link already: if the reactor dropped its
-        connection before the reply, the client would send the queued message again.  So
-        stopping waits here, at most C{limit} seconds, while those commits finish and their
-        sessions answer; a commit begun later fails at once with L{QQ_SHUTTING_DOWN}, its
-        files removed, and its client tries again later.  The Deferred fires when none is
-        left in flight.
-        """
-        self._closed = True
-        if not self._inFlight():
-            return succeed(None)
-        d = Deferred()
-        timer = self._getReactor().callLater(limit, self._drainTimedOut, d)
-        self._drained.append((d, timer))
-        return d
-
-    def _inFlight(self):
-        return bool(self._flushing or self._gathering or self._linked or self._unprepared)
-
-    def _drainTimedOut(self, d):
-        self._drained = [(other, timer) for other, timer in self._drained if other is not d]
-        log.warning("stopping with queued messages still waiting for the disk; their "
-                    "clients may send them again")
-        d.callback(None)
-
-    def _checkDrained(self):
-        if self._drained and not self._inFlight():
-            drained, self._drained = self._drained, []
-            for d, timer in drained:
-                if timer.active():
-                    timer.cancel()
-                d.callback(None)
 
     def _getReactor(self):
         if self._reactor is None:
@@ -256,9 +212,6 @@ class Queue:
         The commit could not join that flush anyway, so its files are made when it ends,
         in time for the next one.
         """
-        if self._closed:
-            writer._closeAndCleanup()
-            return fail(fromReport(QQ_SHUTTING_DOWN))
         d = Deferred()
         if self._flushing:
             self._unprepared.append((writer, todo, d))
@@ -330,7 +283,6 @@ class Queue:
                 self._notifyAll([writer.msgid for writer, _ in linked])
         if (self._gathering or self._linked) and not self._flushing:
             self._startFlush()
-        self._checkDrained()
 
     def _linkBatch(self, writers):
         """

@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.protocol import Factory
 
 from qmailtx.receiverchannel import Channel
@@ -174,8 +175,12 @@ class Receiver:
 
     def channelClosed(self):
         """The daemon is gone or stopping: finish by ending the reactor."""
-        if self.reactor.running:
+        if not self.reactor.running:
+            return
+        try:
             self.reactor.stop()
+        except ReactorNotRunning:
+            pass  # already stopping (the daemon's SIGTERM), waiting for commits in flight
 
 
 def run(config, fd, reactor=None):
@@ -213,7 +218,7 @@ def run(config, fd, reactor=None):
     for factory in factories.values():
         factory.noisy = False
         factory.doStart()
-    reactor.addSystemEventTrigger("before", "shutdown", site.queue.close)
+    reactor.addSystemEventTrigger("before", "shutdown", site.commits.close)
     receiver.channel.send(b"R")
     spares.want()
     reactor.run()

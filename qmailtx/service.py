@@ -12,8 +12,10 @@ import sys
 
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.internet.defer import DeferredList
 
 from qmailtx import log
+from qmailtx.commits import Commits
 from qmailtx.control import ControlDir
 from qmailtx.flushclient import FlusherService
 from qmailtx.ipme import ipme
@@ -39,8 +41,19 @@ class Site:
         self.reactor = reactor
         self.controls = ControlDir(os.path.join(self.root, "control"))
         self.queue = Queue(self.root, reactor)
+        self.commits = Commits(reactor)
         self.listenerQueue = self.queue
         self.ipme = ipme()
+
+    @property
+    def listenerQueue(self):
+        """The queue the listeners write to (the daemon's, or a null client's QMQP
+        servers), its commits watched by L{commits}."""
+        return self._listenerQueue
+
+    @listenerQueue.setter
+    def listenerQueue(self, queue):
+        self._listenerQueue = self.commits.watch(queue)
 
     def programQueue(self, program, env):
         """
@@ -48,8 +61,8 @@ class Site:
         the daemon's PATH, which qmail-smtpd would have inherited from its supervisor).
         """
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
-        return ProgramQueue(program.encode("utf-8", "surrogateescape"), self.root, env,
-                            self.reactor)
+        return self.commits.watch(ProgramQueue(program.encode("utf-8", "surrogateescape"),
+                                               self.root, env, self.reactor))
 
     def defaultRules(self, name):
         """
@@ -132,7 +145,18 @@ class QmailService(service.MultiService):
     daemonizing, hands the reason to the waiting parent (which prints it and exits 1; a
     C{SystemExit} would leave that parent waiting for ever).  What reaches the top is then
     one line on stderr and exit 111, as qmail's programs end on trouble, not a traceback.
+
+    Stopping also waits for the commits the listeners have in flight (L{Site.commits}), so
+    that a client whose message is queued hears so before the reactor drops it.
     """
+
+    site = None
+
+    def stopService(self):
+        stopped = service.MultiService.stopService(self)
+        if self.site is None:
+            return stopped
+        return DeferredList([stopped, self.site.commits.close()])
 
     def privilegedStartService(self):
         try:
@@ -231,7 +255,7 @@ def addDelivery(site, top):
     site.queue.spares = sender.spares
     ControlService(site.root, sender, site.reactor).setServiceParent(top)
     from qmailtx.queuesocket import QueueSocketService
-    QueueSocketService(site.root, site.queue, site.reactor).setServiceParent(top)
+    QueueSocketService(site.root, site.commits.watch(site.queue), site.reactor).setServiceParent(top)
     top.sender = sender
 
 

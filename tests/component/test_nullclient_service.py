@@ -24,7 +24,8 @@ def test_nullclientListenersUseQmqp(tmp_path):
     """--nullclient --qmqpport N: SMTP, QMTP and QMQP hand messages to QMQP servers on
     port N; qmail-send keeps the local queue (for its bounces)."""
     site, queues = build(tmp_path, "--nullclient", "--qmqpport", "6628")
-    assert isinstance(site.listenerQueue, QmqpQueue) and site.listenerQueue.port == 6628
+    assert isinstance(site.listenerQueue.watchedQueue, QmqpQueue)
+    assert site.listenerQueue.port == 6628
     assert queues == {"smtp": site.listenerQueue, "qmtp": site.listenerQueue,
                       "qmqp": site.listenerQueue}
     assert isinstance(site.queue, Queue)
@@ -33,4 +34,5 @@ def test_nullclientListenersUseQmqp(tmp_path):
 def test_defaultListenersUseLocalQueue(tmp_path):
     """Without --nullclient every listener queues locally."""
     site, queues = build(tmp_path)
-    assert set(map(id, queues.values())) == {id(site.queue)}
+    assert set(map(id, queues.values())) == {id(site.listenerQueue)}
+    assert site.listenerQueue.watchedQueue is site.queue

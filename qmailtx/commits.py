@@ -1,0 +1,107 @@
+"""
+The listeners' commits in flight: what a stopping daemon or receiver waits for before the
+reactor drops its connections.
+
+A commit in flight may already be queued (its C{todo/} link made, a QMAILQUEUE program or a
+null client's QMQP server holding the message): dropped before its answer, the client sends
+the message again.  L{Commits} sees every commit the listeners and the queue socket make,
+whichever queue takes it, refuses new ones once closed, and fires when the last one has
+answered.  Delivery's own commits (bounces) do not pass here: qmail-send finishes them itself.
+
+Must not import protocol, delivery or queue-file modules.
+"""
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+
+from qmailtx import log
+from qmailtx.results import QQ_SHUTTING_DOWN, fromReport
+
+DRAIN_LIMIT = 4.0
+"""Seconds L{Commits.close} waits: a commit takes milliseconds, so only a disk or a queue
+program that hangs reaches it; below a receiver's stop grace (L{qmailtx.receiver.STOP_GRACE}),
+after which the daemon kills it."""
+
+
+class Commits:
+    """The commits in flight of the queues handed out by L{watch}."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.closed = False
+        self._inFlight = 0
+        self._drainWaiters = []
+
+    def watch(self, queue):
+        """C{queue} as the listeners see it: its writers' commits pass through here."""
+        return _WatchedQueue(queue, self)
+
+    def close(self, limit=DRAIN_LIMIT):
+        """
+        Take no more commits; the Deferred fires one reactor turn after the last commit in
+        flight has answered (so an answer a transport buffered leaves first), or after
+        C{limit} seconds with a warning.
+        """
+        self.closed = True
+        if not self._inFlight:
+            return succeed(None)
+        d = Deferred()
+        self._drainWaiters.append((d, self.reactor.callLater(limit, self._gaveUp, d)))
+        return d
+
+    def _commit(self, writer, sender, recipients):
+        if self.closed:
+            writer.abort()
+            return fail(fromReport(QQ_SHUTTING_DOWN))
+        self._inFlight += 1
+        d = maybeDeferred(writer.commit, sender, recipients)
+        d.addBoth(self._ended)
+        return d
+
+    def _ended(self, result):
+        self._inFlight -= 1
+        if not self._inFlight and self._drainWaiters:
+            self.reactor.callLater(0, self._drained)
+        return result
+
+    def _drained(self):
+        if self._inFlight:
+            return
+        waiters, self._drainWaiters = self._drainWaiters, []
+        for d, timer in waiters:
+            if timer.active():
+                timer.cancel()
+            d.callback(None)
+
+    def _gaveUp(self, d):
+        self._drainWaiters = [(w, t) for w, t in self._drainWaiters if w is not d]
+        log.warning("stopping with messages still being queued; their clients may send "
+                    "them again")
+        d.callback(None)
+
+
+class _WatchedQueue:
+    """A queue whose C{begin()} hands out watched writers; anything else is the queue's."""
+
+    def __init__(self, queue, commits):
+        self.watchedQueue = queue
+        self._commits = commits
+
+    def begin(self, *args, **kwargs):
+        return _WatchedWriter(self.watchedQueue.begin(*args, **kwargs), self._commits)
+
+    def __getattr__(self, name):
+        return getattr(self.watchedQueue, name)
+
+
+class _WatchedWriter:
+    """A writer whose C{commit()} is counted (L{Commits}); anything else is the writer's."""
+
+    def __init__(self, writer, commits):
+        self._writer = writer
+        self._commits = commits
+
+    def commit(self, sender, recipients):
+        return self._commits._commit(self._writer, sender, recipients)
+
+    def __getattr__(self, name):
+        return getattr(self._writer, name)
