@@ -17,9 +17,10 @@ from qmailtx import log
 from qmailtx.results import QQ_SHUTTING_DOWN, fromReport
 
 DRAIN_LIMIT = 4.0
-"""Seconds L{Commits.close} waits: a commit takes milliseconds, so only a disk or a queue
-program that hangs reaches it; below a receiver's stop grace (L{qmailtx.receiver.STOP_GRACE}),
-after which the daemon kills it."""
+"""Seconds a receiver's L{Commits.close} waits: a commit takes milliseconds, so only a disk
+or a queue program that hangs reaches it; below the receivers' stop grace
+(L{qmailtx.receiver.STOP_GRACE}), after which the daemon kills them.  The daemon itself
+waits without a limit, as it waits for its flusher and its deliveries."""
 
 
 class Commits:
@@ -37,30 +38,39 @@ class Commits:
 
     def close(self, limit=DRAIN_LIMIT):
         """
-        Take no more commits; the Deferred fires one reactor turn after the last commit in
-        flight has answered (so an answer a transport buffered leaves first), or after
-        C{limit} seconds with a warning.
+        Take no more commits; the Deferred fires once the last commit in flight has
+        answered and the reactor has made one pass over its sockets since (so an answer a
+        transport buffered leaves first), or after C{limit} seconds (C{None}: no limit)
+        with a warning.
         """
         self.closed = True
         if not self._inFlight:
             return succeed(None)
         d = Deferred()
-        self._drainWaiters.append((d, self.reactor.callLater(limit, self._gaveUp, d)))
+        timer = None if limit is None else self.reactor.callLater(limit, self._gaveUp, d)
+        self._drainWaiters.append((d, timer))
+        return d
+
+    def track(self, d):
+        """Count C{d}, other work that owes a client its answer (POP3's UPDATE), as a
+        commit in flight; it is never refused.  Returns C{d}."""
+        self._inFlight += 1
+        d.addBoth(self._ended)
         return d
 
     def _commit(self, writer, sender, recipients):
         if self.closed:
             writer.abort()
             return fail(fromReport(QQ_SHUTTING_DOWN))
-        self._inFlight += 1
-        d = maybeDeferred(writer.commit, sender, recipients)
-        d.addBoth(self._ended)
-        return d
+        return self.track(maybeDeferred(writer.commit, sender, recipients))
 
     def _ended(self, result):
         self._inFlight -= 1
         if not self._inFlight and self._drainWaiters:
-            self.reactor.callLater(0, self._drained)
+            # The answer is written by a callback after this one, and a buffered write
+            # leaves on the reactor's next pass over its sockets, which runs after the
+            # timed calls of its turn: fire from the turn after that.
+            self.reactor.callLater(0, self.reactor.callLater, 0, self._drained)
         return result
 
     def _drained(self):
@@ -68,7 +78,7 @@ class Commits:
             return
         waiters, self._drainWaiters = self._drainWaiters, []
         for d, timer in waiters:
-            if timer.active():
+            if timer is not None and timer.active():
                 timer.cancel()
             d.callback(None)
 

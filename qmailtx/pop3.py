@@ -50,6 +50,8 @@ class POP3Config:
     @ivar tlsContext: server context factory for STLS, or C{None}.
     @ivar checker: L{checkpassword.checkPassword} or a stand-in with its signature.
     @ivar refuseRoot: refuse a checker that leaves us at uid 0 (qmail-pop3d [nq 1.08]).
+    @ivar commits: the site's L{qmailtx.commits.Commits}, so that a stop lets a QUIT's
+        UPDATE finish and answer, or C{None}.
     """
 
     hostname: bytes
@@ -63,6 +65,7 @@ class POP3Config:
     checkTimeout: float = checkpassword.CHECK_TIMEOUT
     timeout: float = IDLE_TIMEOUT
     checker: object = checkpassword.checkPassword
+    commits: object = None
 
 
 class POP3Server(Popup, Pop3d, protocol.Protocol, TimeoutMixin):
@@ -301,6 +304,7 @@ def buildFactory(site, options, implicitTLS=False):
         maildirName=os.fsencode(options.get("maildirname") or "Maildir"),
         tlsContext=tlsContext,
         tlsRequired=bool(options.get("pop3-tls-required")),
+        commits=site.commits,
     )
     factory = POP3Factory(config, site.reactor, implicitTLS=implicitTLS)
     if not implicitTLS:

@@ -154,6 +154,8 @@ class Pop3d:
         d = self.mailbox.update(deleted, kept)
         d.addErrback(lambda f: len(deleted))
         d.addCallback(self._cbUpdated)
+        if self.config.commits is not None:
+            self.config.commits.track(d)
 
     def _cbUpdated(self, failures):
         if self.transport.disconnecting or self.state == "closed":

@@ -156,7 +156,7 @@ class QmailService(service.MultiService):
         stopped = service.MultiService.stopService(self)
         if self.site is None:
             return stopped
-        return DeferredList([stopped, self.site.commits.close()])
+        return DeferredList([stopped, self.site.commits.close(limit=None)])
 
     def privilegedStartService(self):
         try:

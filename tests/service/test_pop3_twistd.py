@@ -5,8 +5,10 @@ the rules layer and serve a maildir end to end (as root: through an owner worker
 
 import os
 import pathlib
-import tempfile
 import poplib
+import signal
+import tempfile
+import time
 
 from qmailtx import maildir
 from tests.service import pop3_support as S
@@ -54,5 +56,50 @@ def test_twistdPop3AndPop3s(qmailRoot, tmp_path):
     assert os.listdir(md / "new") == []
     try:
         assert os.listdir(md / "cur") == ["2.b.host:2,"]
+    finally:
+        S.removeTree(str(base))
+
+
+def test_quitAnsweredThroughAStop(qmailRoot):
+    """
+    A SIGTERM that arrives while QUIT's UPDATE deletes a large mailbox lets it finish and
+    answer +OK before the daemon drops the connection: a client not told its QUIT succeeded
+    fetches the messages again at its next visit.
+    """
+    count = 3000
+    base = pathlib.Path(tempfile.mkdtemp(prefix="qmailtx-pop3q-"))
+    os.chmod(base, 0o755)
+    try:
+        checker = S.makeChecker(str(base), {"joe": "secret"})
+        home = base / "home" / "joe"
+        home.mkdir(parents=True)
+        md = home / "Maildir"
+        maildir.maildirmake(str(md))
+        for i in range(count):
+            S.addMessage(str(md), "new", f"{i}.x.host", b"Subject: x\n\nbody\n", age=30)
+        if os.getuid() == 0:
+            (home / ".uid").write_text(str(NOBODY))
+            for root, dirs, files in os.walk(home):
+                for n in [root] + [os.path.join(root, f) for f in files]:
+                    os.chown(n, NOBODY, NOBODY)
+        d = Daemon(qmailRoot, listeners=("pop3",), extra=["--checkpassword", checker])
+        d.start()
+        try:
+            r = S.Raw(d.ports["pop3"])
+            r.line()
+            assert r.cmd(b"USER joe").startswith(b"+OK")
+            assert r.cmd(b"PASS secret").startswith(b"+OK")
+            r.send(b"".join(b"DELE %d\r\n" % (i + 1) for i in range(count)))
+            for _ in range(count):
+                assert r.line().startswith(b"+OK")
+            r.send(b"QUIT\r\n")
+            time.sleep(0.02)
+            d.process.send_signal(signal.SIGTERM)
+            answer = r.line()
+            r.close()
+        finally:
+            d.stop()
+        assert answer.startswith(b"+OK"), (answer, d.log()[-2000:])
+        assert os.listdir(md / "new") == [] and os.listdir(md / "cur") == []
     finally:
         S.removeTree(str(base))

@@ -43,8 +43,8 @@ def failureOf(d):
 def test_closeWaitsForCommitsInFlight():
     """
     A commit in flight may be queued already: close() fires only after it has answered, and
-    one reactor turn later, so that an answer a transport buffered is written before the
-    reactor drops the connections.  A commit after close() fails at once, temporarily, in
+    after the reactor's next pass over its sockets, so that an answer a transport buffered
+    is written before the reactor drops the connections.  A commit after close() fails at once, temporarily, in
     the words of QQ_SHUTTING_DOWN, and its message is dropped.
     """
     clock = task.Clock()
@@ -115,3 +115,19 @@ def test_watchedQueueAndWriterAreTheirOwnOtherwise():
     assert writer.qp == 7
     writer.abort()
     assert queue.writers[0].aborted
+
+
+def test_trackedWorkIsWaitedForAndNeverRefused():
+    """POP3's UPDATE (a QUIT's deletions) owes its client an answer too: a stop waits for
+    it, without a limit for the daemon itself, and one begun after close() still runs."""
+    clock = task.Clock()
+    commits = Commits(clock)
+    update = commits.track(defer.Deferred())
+    closed = commits.close(limit=None)
+    late = commits.track(defer.Deferred())
+    clock.advance(3600)
+    assert not closed.called and not clock.getDelayedCalls()
+    update.callback(0)
+    late.callback(0)
+    clock.advance(0)
+    assert closed.called
