@@ -1,11 +1,13 @@
 """
-What several tools share: finding the qmail root from the command line and environment.
+What several tools share: finding the qmail root from the command line and environment,
+and the daemon's workers' stance on signals sent to its whole process group.
 
 A tool's root is C{--root DIR} (or C{--root=DIR}), else C{$QMAILHOME}, else C{./qmail-root},
 the daemon's embedded default.
 """
 
 import os
+import signal
 
 DEFAULT_ROOT = "./qmail-root"
 
@@ -47,3 +49,19 @@ def takeRoot(args, environ=None, leading=False):
         i += 1
     args[:] = rest
     return root
+
+
+def ignoreGroupSignals():
+    """
+    For a worker of the daemon (delivery, POP3 mailbox): a SIGINT, SIGTERM or SIGHUP sent to
+    the daemon's whole process group (Ctrl-C, a supervisor's stop) is the daemon's to act
+    on.  It lets the worker finish the request in hand and then closes its input, which
+    ends it.  A handler that does nothing, not SIG_IGN, so that programs the worker starts
+    get the default actions back at exec.
+    """
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, _groupSignal)
+
+
+def _groupSignal(number, frame):
+    pass

@@ -26,6 +26,7 @@ import traceback
 
 from qmailtx import netstring
 from qmailtx.deliver import LocalDeliverer, LocalDelivery, reportFor
+from qmailtx.scripts.common import ignoreGroupSignals
 from qmailtx.scripts.newu import takeRoot
 
 REQUEST_LIMIT = 1 << 20
@@ -164,24 +165,10 @@ def dropPrivileges(uid, gid):
         os.setuid(uid)
 
 
-def _ignoreGroupSignals():
-    """
-    A SIGINT, SIGTERM or SIGHUP sent to the daemon's whole process group (Ctrl-C, a
-    supervisor's stop) is the daemon's to act on: it lets this worker finish the delivery
-    in hand and then closes it.  Killed mid-delivery, the message would be delivered again
-    (and an mbox left with half a message).  A handler that does nothing, not SIG_IGN, so
-    that the programs of C{|} lines still start with the default actions.
-    """
-    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(number, _groupSignal)
-
-
-def _groupSignal(number, frame):
-    pass
-
-
 def main(argv):
-    _ignoreGroupSignals()
+    # Killed mid-delivery, the message would be delivered again (and an mbox left with
+    # half a message); the programs of |lines still start with the default actions.
+    ignoreGroupSignals()
     args = list(argv[1:])
     root = takeRoot(args)
     uid = gid = fdsock = None

@@ -21,6 +21,7 @@ import sys
 
 from qmailtx import maildirscan
 from qmailtx.safeio import writeAll
+from qmailtx.scripts.common import ignoreGroupSignals
 
 FRAME_LIMIT = 64 * 1024 * 1024
 """Largest frame accepted either way (a 50,000-message listing is about 3 MB)."""
@@ -199,6 +200,9 @@ def main(argv):
     if os.getuid() == 0:
         sys.stderr.write("qmail-pop3d invoked as uid 0, terminating\n")
         return 1
+    # Killed by a signal to the whole group in the middle of QUIT's UPDATE, a session
+    # would leave part of its deletions undone while its client believes them done.
+    ignoreGroupSignals()
     return serve()
 
 
