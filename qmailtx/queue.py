@@ -98,6 +98,15 @@ class Queue:
         """
         self._observers.append(observer)
 
+    def removeObserver(self, observer):
+        """
+        Stop calling C{observer}.  With none left, a message queued from then on pulls
+        C{lock/trigger}, for the qmail-send that runs next (a stopping daemon still
+        finishes the commits in flight; a new one may be up already).
+        """
+        if observer in self._observers:
+            self._observers.remove(observer)
+
     def notifyQueued(self, msgids):
         """C{todo/<msgid>} for each of C{msgids} was made by another process of this daemon (a receiver)."""
         self._notifyAll(msgids)

@@ -211,6 +211,7 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
         if self.config is None or self._mutexFd is None:
             return None
         self.stopping = True
+        self.queue.removeObserver(self.todoArrived)
         for loop in self._loops:
             if loop.running:
                 loop.stop()

@@ -473,6 +473,22 @@ def test_stopCancelsTheGathering(world):
     assert sorted(world.files("todo")) == sorted(msgids)
 
 
+def test_messagesQueuedAfterStopPullTheTrigger(world):
+    """A stopping daemon still finishes the commits its listeners have in flight; once
+    qmail-send has stopped, those messages pull lock/trigger, so the qmail-send that runs
+    next (perhaps a new daemon's, up already) takes them at once, not at its next scan."""
+    world.start()
+    world.sender.stopService()
+    assert world.queue._observers == []
+    trigger = os.open(os.path.join(world.queue.queueDir, "lock", "trigger"),
+                      os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        world.inject(b"joe@example.org", [b"a@localhost"])
+        assert os.read(trigger, 10) == b"\0"
+    finally:
+        os.close(trigger)
+
+
 def test_unknownRecordLeftInTodo(world, lines):
     """A todo file with an unknown record is left for later with qmail's warning."""
     world.control("concurrencylocal", b"0\n")
