@@ -90,12 +90,12 @@ def test_killUnderLoad(qmailRoot, receivers):
     """
     root = str(qmailRoot)
     daemon = Daemon(root, extra=["--receivers", str(receivers)]).start()
-    pids = receiverPids(daemon, receivers) if receivers else []
     stop = threading.Event()
     accepted = []
     threads = [threading.Thread(target=client, args=(daemon.port, i, stop, accepted), daemon=True)
                for i in range(CLIENTS)]
     try:
+        pids = receiverPids(daemon, receivers) if receivers else []
         for t in threads:
             t.start()
         deadline = time.monotonic() + 20
@@ -108,7 +108,8 @@ def test_killUnderLoad(qmailRoot, receivers):
         stop.set()
         daemon.kill()
         for t in threads:
-            t.join(15)
+            if t.ident is not None:
+                t.join(15)
     assert len(accepted) >= 100, daemon.log()[-3000:]
     acceptedNow = set(accepted)
 
@@ -161,14 +162,14 @@ def test_stopUnderLoad(qmailRoot, receivers):
     with open(os.path.join(root, "control", "concurrencyremote"), "w") as f:
         f.write("0\n")
     daemon = Daemon(root, extra=["--receivers", str(receivers)]).start()
-    if receivers:
-        receiverPids(daemon, receivers)
     stop = threading.Event()
     accepted, refusals = [], []
     threads = [threading.Thread(target=client,
                                 args=(daemon.port, i, stop, accepted, refusals), daemon=True)
                for i in range(CLIENTS)]
     try:
+        if receivers:
+            receiverPids(daemon, receivers)
         for t in threads:
             t.start()
         deadline = time.monotonic() + 20
@@ -180,7 +181,8 @@ def test_stopUnderLoad(qmailRoot, receivers):
         stop.set()
         daemon.kill()
         for t in threads:
-            t.join(15)
+            if t.ident is not None:
+                t.join(15)
     assert len(accepted) >= 300, daemon.log()[-3000:]
     mess, todo = queueContents(root)
     info = {int(os.path.basename(p)) for p in glob.glob(os.path.join(root, "queue", "info", "*", "*"))}
