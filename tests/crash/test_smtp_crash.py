@@ -4,6 +4,7 @@ message is durable in C{todo/}, so killing it at any instant loses nothing it ac
 leaves no half-written message where qmail-send would take it.
 """
 
+import contextlib
 import glob
 import os
 import re
@@ -80,6 +81,34 @@ def receiverPids(daemon, count, timeout=20):
     raise AssertionError("receivers not ready: " + daemon.log()[-2000:])
 
 
+@contextlib.contextmanager
+def sending(daemon, receivers, atLeast, accepted, refusals=None):
+    """
+    CLIENTS clients sending to C{daemon} until C{atLeast} messages got 250; the block then
+    ends the daemon (it is killed afterwards in any case) and the clients are stopped.
+    Yields the receivers' pids.
+    """
+    stop = threading.Event()
+    threads = [threading.Thread(target=client, args=(daemon.port, i, stop, accepted, refusals),
+                                daemon=True)
+               for i in range(CLIENTS)]
+    try:
+        pids = receiverPids(daemon, receivers) if receivers else []
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while len(accepted) < atLeast and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield pids
+    finally:
+        stop.set()
+        daemon.kill()
+        for t in threads:
+            if t.ident is not None:
+                t.join(15)
+    assert len(accepted) >= atLeast, daemon.log()[-3000:]
+
+
 @pytest.mark.parametrize("receivers", [0, 2])
 def test_killUnderLoad(qmailRoot, receivers):
     """
@@ -90,27 +119,11 @@ def test_killUnderLoad(qmailRoot, receivers):
     """
     root = str(qmailRoot)
     daemon = Daemon(root, extra=["--receivers", str(receivers)]).start()
-    stop = threading.Event()
     accepted = []
-    threads = [threading.Thread(target=client, args=(daemon.port, i, stop, accepted), daemon=True)
-               for i in range(CLIENTS)]
-    try:
-        pids = receiverPids(daemon, receivers) if receivers else []
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 20
-        while len(accepted) < 100 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with sending(daemon, receivers, 100, accepted) as pids:
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         daemon.kill()
-    finally:
-        stop.set()
-        daemon.kill()
-        for t in threads:
-            if t.ident is not None:
-                t.join(15)
-    assert len(accepted) >= 100, daemon.log()[-3000:]
     acceptedNow = set(accepted)
 
     mess, todo = queueContents(root)
@@ -162,28 +175,10 @@ def test_stopUnderLoad(qmailRoot, receivers):
     with open(os.path.join(root, "control", "concurrencyremote"), "w") as f:
         f.write("0\n")
     daemon = Daemon(root, extra=["--receivers", str(receivers)]).start()
-    stop = threading.Event()
     accepted, refusals = [], []
-    threads = [threading.Thread(target=client,
-                                args=(daemon.port, i, stop, accepted, refusals), daemon=True)
-               for i in range(CLIENTS)]
-    try:
-        if receivers:
-            receiverPids(daemon, receivers)
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 20
-        while len(accepted) < 300 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with sending(daemon, receivers, 300, accepted, refusals):
         daemon.stop()
         assert daemon.process.returncode is not None
-    finally:
-        stop.set()
-        daemon.kill()
-        for t in threads:
-            if t.ident is not None:
-                t.join(15)
-    assert len(accepted) >= 300, daemon.log()[-3000:]
     mess, todo = queueContents(root)
     info = {int(os.path.basename(p)) for p in glob.glob(os.path.join(root, "queue", "info", "*", "*"))}
     queued = {tokenOf(data) for msgid, data in mess.items() if msgid in todo or msgid in info}
