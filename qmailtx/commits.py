@@ -19,8 +19,11 @@ from qmailtx.results import QQ_SHUTTING_DOWN, fromReport
 DRAIN_LIMIT = 4.0
 """Seconds a receiver's L{Commits.close} waits: a commit takes milliseconds, so only a disk
 or a queue program that hangs reaches it; below the receivers' stop grace
-(L{qmailtx.receiver.STOP_GRACE}), after which the daemon kills them.  The daemon itself
-waits without a limit, as it waits for its flusher and its deliveries."""
+(L{qmailtx.receiver.STOP_GRACE}), after which the daemon kills them."""
+DAEMON_DRAIN_LIMIT = 60.0
+"""Seconds the daemon waits for its own listeners' commits.  A hung disk holds its stop
+anyway (the flusher answers what it was asked); this bounds a QMAILQUEUE program or a null
+client's QMQP server that never answers."""
 
 
 class Commits:
@@ -43,7 +46,7 @@ class Commits:
         transport buffered leaves first), or after C{limit} seconds (C{None}: no limit)
         with a warning.
         """
-        self.closed = True
+        self.refuse()
         if not self._inFlight:
             return succeed(None)
         d = Deferred()
@@ -51,9 +54,17 @@ class Commits:
         self._drainWaiters.append((d, timer))
         return d
 
+    def refuse(self):
+        """Take no more commits (those in flight go on)."""
+        self.closed = True
+
     def track(self, d):
-        """Count C{d}, other work that owes a client its answer (POP3's UPDATE), as a
-        commit in flight; it is never refused.  Returns C{d}."""
+        """
+        Count C{d}, other work that owes a client its answer (POP3's UPDATE), as a commit
+        in flight; it is never refused.  Returns C{d}.  Whether the answer is written by a
+        callback before or after this one (POP3: before; a commit: after), the reactor's
+        pass over its sockets comes before L{close} fires.
+        """
         self._inFlight += 1
         d.addBoth(self._ended)
         return d

@@ -109,7 +109,7 @@ _QQ_EXIT_TEXTS = {
 
 QQ_CRASHED = b"Zqq crashed (#4.3.0)"
 QQ_SHUTTING_DOWN = b"Zqq shutting down, try again later (#4.3.2)"
-"""A daemon that is stopping takes no new message (L{qmailtx.queue.Queue.close}); a queue
+"""A daemon that is stopping takes no new message (L{qmailtx.commits.Commits.close}); a queue
 program reports it as exit 71, qmail's "temporarily rejected"."""
 QQ_READ_ERROR = b"Zqq read error (#4.3.0)"
 

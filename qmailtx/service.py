@@ -12,10 +12,9 @@ import sys
 
 from twisted.application import service
 from twisted.internet import endpoints
-from twisted.internet.defer import DeferredList
 
 from qmailtx import log
-from qmailtx.commits import Commits
+from qmailtx.commits import DAEMON_DRAIN_LIMIT, Commits
 from qmailtx.control import ControlDir
 from qmailtx.flushclient import FlusherService
 from qmailtx.ipme import ipme
@@ -150,13 +149,20 @@ class QmailService(service.MultiService):
     that a client whose message is queued hears so before the reactor drops it.
     """
 
-    site = None
+    def __init__(self, site):
+        service.MultiService.__init__(self)
+        self.site = site
 
     def stopService(self):
+        """
+        New messages are refused from the start; the wait for those in flight comes after
+        the services' own stops (qmail-send may wait long for its deliveries), so that a
+        POP3 QUIT read meanwhile is waited for too.
+        """
+        commits = self.site.commits
+        commits.refuse()
         stopped = service.MultiService.stopService(self)
-        if self.site is None:
-            return stopped
-        return DeferredList([stopped, self.site.commits.close(limit=None)])
+        return stopped.addCallback(lambda _: commits.close(limit=DAEMON_DRAIN_LIMIT))
 
     def privilegedStartService(self):
         try:
@@ -291,8 +297,7 @@ def makeQmailService(config, reactor=None):
 
         site.listenerQueue = QmqpQueue(site.controls, reactor, port=config["qmqpport"])
         log.event("null client: listeners hand messages to control/qmqpservers")
-    top = QmailService()
-    top.site = site
+    top = QmailService(site)
     FlusherService(site.queue, reactor).setServiceParent(top)
     addDelivery(site, top)
     pool = None

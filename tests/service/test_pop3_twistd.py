@@ -93,7 +93,9 @@ def test_quitAnsweredThroughAStop(qmailRoot):
             for _ in range(count):
                 assert r.line().startswith(b"+OK")
             r.send(b"QUIT\r\n")
-            time.sleep(0.02)
+            deadline = time.monotonic() + 20
+            while len(os.listdir(md / "new")) == count and time.monotonic() < deadline:
+                time.sleep(0.001)  # until the UPDATE is under way
             d.process.send_signal(signal.SIGTERM)
             answer = r.line()
             r.close()
