@@ -19,7 +19,6 @@ qmail-send was started with; programs inherit it.
 """
 
 import os
-import signal
 import socket
 import sys
 import traceback
