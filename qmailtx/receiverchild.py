@@ -9,6 +9,7 @@ todo/} through L{qmailtx.queue.Queue} only.  Must not import send or delivery mo
 """
 
 import json
+import signal
 import socket
 import sys
 import time
@@ -175,26 +176,57 @@ class Receiver:
 
     def channelClosed(self):
         """The daemon is gone or stopping: finish by ending the reactor."""
+        self.stop()
+
+    def stop(self):
+        """
+        End the reactor, once: the daemon stops a receiver by closing its channel and
+        sending SIGTERM, and both arrive while the stop waits for the commits in flight.
+        SIGTERM and SIGINT come here too (L{_stopOnSignals}), not to Twisted's handlers,
+        which would stop the reactor a second time and log the error.
+        """
         if not self.reactor.running:
             return
         try:
             self.reactor.stop()
         except ReactorNotRunning:
-            pass  # already stopping (the daemon's SIGTERM), waiting for commits in flight
+            pass
+
+
+def logLine(event):
+    """
+    One line for the daemon's log (it prefixes C{receiver N:}), or C{""}: a logged
+    failure keeps its traceback, folded onto the line, so a receiver's error says where.
+    """
+    from twisted.logger import formatEvent
+
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        text += " " + failure.getTraceback()
+    return text.replace("\n", " ").strip()
+
+
+def _stopOnSignals(reactor, stop):
+    """SIGTERM and SIGINT (unless ignored) end the receiver through C{stop}, on the
+    reactor's thread; replaces the handlers Twisted installed as the reactor started."""
+    for number in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(number) not in (signal.SIG_IGN, None):
+            signal.signal(number, lambda number, frame: reactor.callFromThread(stop))
 
 
 def run(config, fd, reactor=None):
     """Build the listeners' factories as the daemon would and serve the channel on C{fd}."""
     if reactor is None:
         from twisted.internet import reactor
-    from twisted.logger import formatEvent, globalLogBeginner
+    from twisted.logger import globalLogBeginner
 
     from qmailtx.service import LISTENERS, Site
 
     def observer(event):
-        text = formatEvent(event)
-        if text:
-            sys.stderr.write(text.replace("\n", " ") + "\n")
+        line = logLine(event)
+        if line:
+            sys.stderr.write(line + "\n")
             sys.stderr.flush()
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
@@ -219,6 +251,7 @@ def run(config, fd, reactor=None):
         factory.noisy = False
         factory.doStart()
     reactor.addSystemEventTrigger("before", "shutdown", site.commits.close)
+    reactor.callWhenRunning(_stopOnSignals, reactor, receiver.stop)
     receiver.channel.send(b"R")
     spares.want()
     reactor.run()

@@ -212,3 +212,25 @@ def test_endedReceiverWakesQmailSend(tmp_path):
         assert pool.receivers == []
     finally:
         os.close(reader)
+
+
+def test_receiverLogLinesKeepTracebacks():
+    """A receiver's logged failure reaches the daemon's log with its traceback on the one
+    line, not as its first line alone."""
+    from twisted.logger import Logger, LogLevel
+    from twisted.python.failure import Failure
+
+    from qmailtx.receiverchild import logLine
+
+    events = []
+    log = Logger(observer=events.append)
+    try:
+        raise ValueError("bad thing")
+    except ValueError:
+        log.failure("while calling from thread", Failure())
+    log.info("receiver {n}: ready", n=1)
+    failed, plain = (logLine(e) for e in events)
+    assert failed.startswith("while calling from thread ")
+    assert "Traceback" in failed and "ValueError: bad thing" in failed and "\n" not in failed
+    assert plain == "receiver 1: ready"
+    assert events[0]["log_level"] == LogLevel.critical
