@@ -210,21 +210,21 @@ class ReceiverPool(service.Service):
         Give C{transport}'s socket with C{env} to the least busy receiver; C{True} once it
         is on its way (the caller then closes its own copy), C{False} if none can take it.
         """
-        live = [r for r in self.receivers if r.ready and r.channel is not None]
-        if not live:
-            return False
-        receiver = min(live, key=lambda r: len(r.connections))
         self._ids += 1
         number = self._ids
         peer = transport.getPeer()
         family = socket.AF_INET6 if ":" in getattr(peer, "host", "") else socket.AF_INET
         packet = b"C" + json.dumps({"id": number, "kind": kind, "env": env,
                                     "family": int(family)}).encode("utf-8", "surrogateescape")
-        if not receiver.channel.send(packet, transport.fileno()):
-            return False
-        receiver.connections[number] = handle
-        handle.receiver, handle.number = receiver, number
-        return True
+        live = [r for r in self.receivers if r.ready and r.channel is not None]
+        # Least busy first; a receiver whose channel has just failed (it is dying) is
+        # passed over for the next.
+        for receiver in sorted(live, key=lambda r: len(r.connections)):
+            if receiver.channel is not None and receiver.channel.send(packet, transport.fileno()):
+                receiver.connections[number] = handle
+                handle.receiver, handle.number = receiver, number
+                return True
+        return False
 
     def early(self, handle, data):
         if handle.receiver is not None and handle.receiver.channel is not None:

@@ -234,3 +234,28 @@ def test_receiverLogLinesKeepTracebacks():
     assert "Traceback" in failed and "ValueError: bad thing" in failed and "\n" not in failed
     assert plain == "receiver 1: ready"
     assert events[0]["log_level"] == LogLevel.critical
+
+
+def test_handOffPassesOverADyingReceiver():
+    """A connection offered to a receiver whose channel has just failed (it is being killed
+    or is ending) goes to the next live receiver rather than being dropped."""
+
+    class Dying(StubChannel):
+        def send(self, packet, fd=None):
+            return False
+
+    class Transport:
+        def getPeer(self):
+            return type("Peer", (), {"host": "192.0.2.9"})()
+
+        def fileno(self):
+            return 0
+
+    pool = ReceiverPool(StubSite(Clock()), {"listeners": []}, 2, reactor=None)
+    dying, live = StubReceiver(), StubReceiver()
+    dying.channel = Dying()
+    live.connections = {1: object()}  # busier, so tried second
+    pool.receivers = [dying, live]
+    handle = type("Handle", (), {})()
+    assert pool.handOff(handle, "qmqp", Transport(), {"TCPREMOTEIP": "192.0.2.9"})
+    assert handle.receiver is live and live.channel.sent[0].startswith(b"C")
