@@ -8,6 +8,7 @@ C{(site, config)} and returning the protocol factory to put behind the rules lay
 """
 
 import os
+import signal
 import sys
 
 from twisted.application import service
@@ -161,6 +162,7 @@ class QmailService(service.MultiService):
         """
         commits = self.site.commits
         commits.refuse()
+        _hearRepeatedStops(getattr(self.site, "reactor", None))
         stopped = service.MultiService.stopService(self)
         return stopped.addCallback(lambda _: commits.close(limit=DAEMON_DRAIN_LIMIT))
 
@@ -170,6 +172,26 @@ class QmailService(service.MultiService):
         except StartRefused:
             sys.excepthook = _refusedHook(sys.excepthook)
             raise
+
+
+def _hearRepeatedStops(reactor):
+    """
+    While the stop drains, a further SIGTERM or SIGINT only says so in the log: the
+    reactor's own handlers would call its C{stop} again and log C{ReactorNotRunning} with a
+    traceback.  Handlers someone else installed are left alone.
+    """
+    if reactor is None:
+        return
+
+    def heard(number, frame):
+        name = signal.Signals(number).name
+        reactor.callFromThread(
+            log.event, f"{name}: already stopping, answering the messages in flight first")
+
+    for number, handler in ((signal.SIGTERM, getattr(reactor, "sigTerm", None)),
+                            (signal.SIGINT, getattr(reactor, "sigInt", None))):
+        if handler is not None and signal.getsignal(number) == handler:
+            signal.signal(number, heard)
 
 
 def _refusedHook(previous):

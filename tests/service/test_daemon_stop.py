@@ -1,0 +1,66 @@
+"""
+C{twistd qmail} told to stop while a message is still being queued: the stop waits for it,
+and a second SIGTERM or SIGINT meanwhile (an impatient operator, a supervisor's retry) is
+heard without disturbing the drain.
+"""
+
+import signal
+import smtplib
+import threading
+import time
+
+from tests.service.daemon import Daemon
+
+
+def waitFor(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_secondSignalDuringTheDrain(qmailRoot, tmp_path):
+    """
+    The queue program holds the message's commit open until the test lets it go; SIGTERM,
+    then SIGTERM and SIGINT again, arrive meanwhile.  The client still gets its 250, the
+    daemon ends as the first signal asked (twistd's way), and the log says the stop is under way instead of Twisted's
+    ReactorNotRunning traceback.
+    """
+    go = tmp_path / "go"
+    started = tmp_path / "started"
+    program = tmp_path / "qq"
+    program.write_text(
+        "#!/bin/sh\ncat >/dev/null\ncat <&1 >/dev/null\n"
+        f"touch {started}\nwhile [ ! -e {go} ]; do sleep 0.02; done\nexit 0\n")
+    program.chmod(0o755)
+    (qmailRoot / "rules" / "smtp").write_text(
+        f'127.0.0.1:allow,RELAYCLIENT="",QMAILQUEUE="{program}"\n')
+    d = Daemon(qmailRoot).start()
+    replies = []
+
+    def send():
+        with smtplib.SMTP("127.0.0.1", d.port) as s:
+            s.ehlo()
+            s.mail("a@b.example")
+            s.rcpt("c@d.example")
+            replies.append(s.data(b"Subject: held\r\n\r\nhi\r\n"))
+
+    client = threading.Thread(target=send)
+    try:
+        client.start()
+        waitFor(started.exists)
+        d.process.send_signal(signal.SIGTERM)
+        waitFor(lambda: "Received SIGTERM" in d.log())
+        d.process.send_signal(signal.SIGTERM)
+        d.process.send_signal(signal.SIGINT)
+        waitFor(lambda: d.log().count("already stopping") >= 2)
+        assert d.process.poll() is None
+        go.touch()
+        client.join(15)
+        assert d.process.wait(15) == -signal.SIGTERM
+    finally:
+        go.touch()
+        d.stop()
+    log = d.log()
+    assert replies and replies[0][0] == 250, (replies, log[-2000:])
+    assert "Traceback" not in log and "ReactorNotRunning" not in log, log[-3000:]
