@@ -1,6 +1,7 @@
 """
-End to end through a live C{twistd qmail}: SMTP in, qmail-send, lspawn and a delivery worker
-running as the mailbox owner, into maildirs; bounces back to the sender's mailbox.
+End to end through a live C{twistd qmail}: a message in by SMTP or by C{qmailtx inject} (every
+case runs both ways), qmail-send, lspawn and a delivery worker running as the mailbox owner,
+into maildirs and mboxes; bounces back to the sender's mailbox.
 
 As root the daemon delivers as a throwaway user (useradd, removed afterwards), and one
 test runs the whole daemon as that user (virtual mode: forwards, and an assignment to
@@ -10,12 +11,14 @@ use an interpreter that user can exec (L{tests.service.pythonpath}); the test's 
 live where only root can reach it.
 """
 
+import inspect
 import os
 import pwd
 import re
 import shutil
 import smtplib
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -25,7 +28,7 @@ from qmailtx.cdbfile import buildCdb
 from qmailtx.rootdir import createRoot
 from qmailtx.users import assignRecords
 from tests.service import pythonpath
-from tests.service.daemon import Daemon, SystemDaemon
+from tests.service.daemon import REPO, Daemon, SystemDaemon
 
 ME = "mx.example.com"
 WAIT = 20.0
@@ -84,8 +87,9 @@ def user():
 class Setup:
     """A fresh root whose users/assign maps joe and joe-* to a home of the mail user."""
 
-    def __init__(self, user, base, owner=None):
+    def __init__(self, user, base, owner=None, via="smtp"):
         self.user = user
+        self.via = via
         self.root = os.path.join(base, "root")
         createRoot(self.root, ME)
         os.chmod(base, 0o755)
@@ -115,9 +119,26 @@ class Setup:
         self.daemon = (daemon or Daemon(self.root)).start()
         return self
 
+    def startForwarding(self):
+        """Start under an interpreter the mailbox owner can exec: its forwards run C{qmailtx queue}.
+        Unprivileged, the owner is ourselves and our own interpreter serves."""
+        if os.geteuid() != 0:
+            return self.start()
+        python = pythonpath.requireUserPython(self.user.uid, self.user.gid)
+        return self.start(SystemDaemon(self.root, python))
+
     def send(self, sender, recipients, body=b"Subject: test\r\n\r\nhello\r\n"):
-        with smtplib.SMTP("127.0.0.1", self.daemon.port) as s:
-            s.sendmail(sender, recipients, body)
+        """Hand the message in the test's way: SMTP, or C{qmailtx inject -f SENDER RCPT...}."""
+        if self.via == "smtp":
+            with smtplib.SMTP("127.0.0.1", self.daemon.port) as s:
+                s.sendmail(sender, recipients, body)
+            return
+        env = dict(os.environ, QMAILHOME=self.root,
+                   PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        injected = subprocess.run(
+            [sys.executable, "-m", "qmailtx.scripts.main", "inject", "-f", sender, *recipients],
+            input=body.replace(b"\r\n", b"\n"), env=env, capture_output=True, timeout=60)
+        assert injected.returncode == 0, injected.stderr
 
     def waitFor(self, predicate, what):
         deadline = time.monotonic() + WAIT
@@ -149,9 +170,9 @@ class Setup:
             self.daemon.stop()
 
 
-@pytest.fixture
-def site(user):
-    s = Setup(user, tempfile.mkdtemp(dir=user.base))
+@pytest.fixture(params=["smtp", "inject"])
+def site(user, request):
+    s = Setup(user, tempfile.mkdtemp(dir=user.base), via=request.param)
     yield s
     s.stop()
 
@@ -266,6 +287,75 @@ def test_doubleBounceToPostmaster(site, user):
     assert b"\n--- Below this line is the original bounce.\n\nReturn-Path: <>\n" in double
 
 
+def test_mboxLine(site, user):
+    """A file line appends to an mbox: From_ line, Return-Path, Delivered-To, >From quoting."""
+    site.dotqmail(".qmail-box", b"./Mailbox\n")
+    site.start()
+    site.send("someone@example.org", ["joe-box@" + ME],
+              body=b"Subject: mbox\r\n\r\nFrom the start\r\n")
+    site.logLine(r"delivery \d+: success: did_1\+0\+0/")
+    path = os.path.join(site.home, "Mailbox")
+    with open(path, "rb") as f:
+        box = f.read()
+    assert re.match(rb"From someone@example.org [A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d "
+                    rb"\d\d:\d\d:\d\d \d{4}\nReturn-Path: <someone@example.org>\n"
+                    rb"Delivered-To: joe-box@mx.example.com\n", box), box
+    assert box.endswith(b"\n\n>From the start\n\n")
+    assert os.stat(path).st_uid == user.uid
+
+
+def test_forwardSenderIsOwnerThenVerp(site, user):
+    """
+    A list's forward goes out with the list's -owner address as envelope sender, and with
+    .qmail-list-owner-default as a VERP sender naming each recipient (seen as Return-Path).
+    """
+    member = user.home()
+    site.dotqmail(".qmail-list", b"&joe-member@" + ME.encode() + b"\n")
+    site.dotqmail(".qmail-list-owner", b"./Maildir/\n")
+    site.dotqmail(".qmail-member", member.encode() + b"/Maildir/\n")
+    site.startForwarding()
+    site.send("someone@example.org", ["joe-list@" + ME])
+    [first] = site.mails(os.path.join(member, "Maildir"))
+    assert first.startswith(b"Return-Path: <joe-list-owner@mx.example.com>\n"
+                            b"Delivered-To: joe-member@mx.example.com\n"), first
+    assert b"\nDelivered-To: joe-list@mx.example.com\n" in first
+    site.dotqmail(".qmail-list-owner-default", b"./Maildir/\n")
+    site.send("someone@example.org", ["joe-list@" + ME])
+    second = site.mails(os.path.join(member, "Maildir"), count=2)
+    assert any(m.startswith(b"Return-Path: <joe-list-owner-joe-member=mx.example.com"
+                            b"@mx.example.com>\n") for m in second), second
+
+
+def test_executeBitAllowsOnlyForwards(site, user):
+    """A .qmail with the owner-execute bit forwards, and defers a file or program line."""
+    site.dotqmail(".qmail-fwd", b"&joe-box@" + ME.encode() + b"\n", mode=0o755)
+    site.dotqmail(".qmail-box", b"./Maildir/\n")
+    site.dotqmail(".qmail-file", b"./Maildir/\n", mode=0o755)
+    site.dotqmail(".qmail-prog", b"|true\n", mode=0o755)
+    site.startForwarding()
+    site.send("someone@example.org", ["joe-fwd@" + ME])
+    [mail] = site.mails()
+    assert b"\nDelivered-To: joe-fwd@mx.example.com\n" in mail
+    site.send("someone@example.org", ["joe-file@" + ME, "joe-prog@" + ME])
+    site.logLine(r"deferral: Uh-oh:_.qmail_has_file_delivery_but_has_x_bit_set._\(#4.7.0\)/")
+    site.logLine(r"deferral: Uh-oh:_.qmail_has_prog_delivery_but_has_x_bit_set._\(#4.7.0\)/")
+
+
+PERMANENT_EXITS = (64, 65, 70, 76, 77, 78, 112)
+
+
+def test_programExitCodesThatFail(site):
+    """Exit 64, 65, 70, 76, 77, 78 and 112 fail permanently, like 100: one bounce lists them all."""
+    for code in PERMANENT_EXITS:
+        site.dotqmail(".qmail-exit%d" % code, b"|echo code %d; exit %d\n" % (code, code))
+    site.start()
+    site.send("sender@" + ME, ["joe-exit%d@%s" % (code, ME) for code in PERMANENT_EXITS])
+    [bounce] = site.mails()
+    for code in PERMANENT_EXITS:
+        assert b"<joe-exit%d@%s>:\ncode %d\n" % (code, ME.encode(), code) in bounce, bounce
+        site.logLine(r"delivery \d+: failure: code_%d/" % code)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own the alias home as root")
 def test_rootOwnedAliasDefers(site):
     """As root, the alias user may not be uid 0: such deliveries are deferred with qmail's text."""
@@ -327,8 +417,9 @@ def test_ordinaryUserRun(user):
         capture_output=True, timeout=600)
     out = (run.stdout + run.stderr).decode("utf-8", "replace")
     assert run.returncode == 0, out[-4000:]
-    tests = {name: f for name, f in globals().items() if name.startswith("test_")}
-    rootOnly = [name for name, f in tests.items()
-                if any(m.name == "skipif" for m in getattr(f, "pytestmark", []))]
-    expected = "%d passed, %d skipped" % (len(tests) - len(rootOnly), len(rootOnly))
+    runs = {name: 2 if "site" in inspect.signature(f).parameters else 1
+            for name, f in globals().items() if name.startswith("test_")}
+    rootOnly = sum(n for name, n in runs.items()
+                   if any(m.name == "skipif" for m in getattr(globals()[name], "pytestmark", [])))
+    expected = "%d passed, %d skipped" % (sum(runs.values()) - rootOnly, rootOnly)
     assert expected in run.stdout.decode().strip().splitlines()[-1], out[-4000:]
