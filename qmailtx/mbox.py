@@ -49,6 +49,15 @@ def _lock(fd, wait, clock, sleep):
         sleep(LOCK_POLL)
 
 
+class _WriteFailed(Exception):
+    """The mbox could not be written (its errno): kept apart from the message's read errors,
+    which the copy loop raises as C{OSError}."""
+
+    def __init__(self, errno):
+        Exception.__init__(self, errno)
+        self.errno = errno
+
+
 class _Writer:
     def __init__(self, fd):
         self.fd = fd
@@ -61,9 +70,12 @@ class _Writer:
 
     def flush(self):
         done = 0
-        with memoryview(self.buffer) as view:
-            while done < len(view):
-                done += os.write(self.fd, view[done:])
+        try:
+            with memoryview(self.buffer) as view:
+                while done < len(view):
+                    done += os.write(self.fd, view[done:])
+        except OSError as e:
+            raise _WriteFailed(e.errno)
         del self.buffer[:]
 
 
@@ -123,7 +135,7 @@ def deliver(path, headers, message, lockWait=LOCK_WAIT, clock=time.monotonic,
             out.write(b"\n")
             out.flush()
             os.fsync(fd)
-        except OSError as e:
+        except (OSError, _WriteFailed) as e:
             if locked:
                 _truncate(fd, position)
             raise TempFailure(b"Unable to write " + path + b": " + errorStr(e.errno) + b". (#4.3.0)\n")

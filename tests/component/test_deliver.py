@@ -127,6 +127,17 @@ def test_mboxWriteError(worker, message, home):
         b"ZUnable to write /dev/full: out of disk space. (#4.3.0)\n"
 
 
+def test_mboxWriteErrorMidMessage(worker, tmp_path, home):
+    """A write that fails while the message is copied (not only at the last flush) is still
+    a write error, not a read error: the text names the file."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    big = writeFile(tmp_path / "big", b"Subject: big\n\n" + (b"y" * 79 + b"\n") * 4000)
+    dot(home, ".qmail", b"/dev/full\n")
+    assert deliver(worker, big, home) == \
+        b"ZUnable to write /dev/full: out of disk space. (#4.3.0)\n"
+
+
 def test_maildir(worker, message, home):
     """maildir: one file in new/ with RPLINE + DTLINE + message, no From_ line, no quoting."""
     for sub in ("Maildir", "Maildir/tmp", "Maildir/new", "Maildir/cur"):
