@@ -82,6 +82,7 @@ class SMTPServer(SecureSession, Protocol):
         self._state = _COMMAND
         self._blocked = False
         self._outputFull = False
+        self._queueFull = False
         self.sender = None
         self.recipients = []
         self.badSender = False
@@ -99,11 +100,23 @@ class SMTPServer(SecureSession, Protocol):
 
     def resumeProducing(self):
         self._outputFull = False
-        if not self._blocked and self._state != _CLOSED:
-            self.transport.resumeProducing()
+        self._readIfFree()
 
     def stopProducing(self):
         pass
+
+    def _readIfFree(self):
+        """Read again unless a reply, the output or the queue program's pipe still holds us."""
+        if not (self._blocked or self._outputFull or self._queueFull) and self._state != _CLOSED:
+            self.transport.resumeProducing()
+
+    def _queueBacklog(self, full):
+        """The queue program's stdin pipe filled up (C{full}) or drained, or went away."""
+        self._queueFull = full
+        if full:
+            self.transport.pauseProducing()
+        else:
+            self._readIfFree()
 
     def _block(self):
         """
@@ -118,8 +131,7 @@ class SMTPServer(SecureSession, Protocol):
         self._blocked = False
         if self._state == _CLOSED:
             return
-        if not self._outputFull:
-            self.transport.resumeProducing()
+        self._readIfFree()
         self._process()
 
     # -- input ---------------------------------------------------------------
@@ -313,7 +325,7 @@ class SMTPServer(SecureSession, Protocol):
         self.reader = DataReader(self._dataSink)
         self._state = _DATA
         if hasattr(writer, "registerProducer"):
-            writer.registerProducer(self.transport, True)
+            writer.registerProducer(_QueueBacklog(self), True)
 
     def _received(self):
         env = self.env
@@ -353,6 +365,8 @@ class SMTPServer(SecureSession, Protocol):
         self.reader = None
         if hasattr(writer, "unregisterProducer"):
             writer.unregisterProducer()
+            if self._queueFull:
+                self._queueBacklog(False)
         if reader.hops >= HOP_LIMIT:
             self._abortWriter()
             return self.reply(b"554 too many hops, this message is looping (#5.4.6)")
@@ -407,3 +421,23 @@ class SMTPServer(SecureSession, Protocol):
         self.reply(b"221 " + self._greeting())
         self._close()
 
+
+
+class _QueueBacklog:
+    """
+    What a queue program's stdin pipe pauses while it is backed up.  Its end (the program
+    closed its input early, a filter refusing) lets the session read on to the dot: the
+    answer then comes from the program's exit code, as qmail-smtpd's does.
+    """
+
+    def __init__(self, server):
+        self._server = server
+
+    def pauseProducing(self):
+        self._server._queueBacklog(True)
+
+    def resumeProducing(self):
+        self._server._queueBacklog(False)
+
+    def stopProducing(self):
+        self._server._queueBacklog(False)

@@ -325,6 +325,48 @@ def test_QMAILQUEUE_failure_texts(qmailRoot, tmp_path):
                 assert s.data(b"hi\r\n") == reply
 
 
+def test_QMAILQUEUE_thatStopsReadingStillGetsItsAnswer(qmailRoot, tmp_path):
+    """
+    A queue program that refuses after reading only the start of a large message (a filter)
+    closes its end of the pipe early: the session still reads up to the dot and answers from
+    the program's exit code, instead of dropping the client, which would then retry.
+    """
+    program = tmp_path / "qq"
+    program.write_text("#!/bin/sh\nhead -c 5 >/dev/null\nexit 31\n")
+    program.chmod(0o755)
+    (qmailRoot / "rules" / "smtp").write_text(
+        f'127.0.0.1:allow,RELAYCLIENT="",QMAILQUEUE="{program}"\n')
+    with Daemon(qmailRoot) as d:
+        with smtplib.SMTP("127.0.0.1", d.port, timeout=20) as s:
+            s.ehlo()
+            s.mail("a@b")
+            s.rcpt("c@d")
+            assert s.data(b"Subject: x\r\n\r\n" + b"body line\r\n" * 20000) == \
+                (554, b"mail server permanently rejected message (#5.3.0)")
+            assert s.noop() == (250, b"ok")
+
+
+def test_QMAILQUEUE_largeMessageRefusedBeforeCommitKeepsTheSession(qmailRoot, tmp_path):
+    """
+    A message refused at its end (too many hops) after it filled the program's pipe: the
+    session reads on (the pipe's backlog no longer holds the socket) and answers the next
+    command.
+    """
+    program = tmp_path / "qq"
+    program.write_text("#!/bin/sh\ncat >/dev/null\ncat <&1 >/dev/null\nexit 0\n")
+    program.chmod(0o755)
+    (qmailRoot / "rules" / "smtp").write_text(
+        f'127.0.0.1:allow,RELAYCLIENT="",QMAILQUEUE="{program}"\n')
+    with Daemon(qmailRoot) as d:
+        with smtplib.SMTP("127.0.0.1", d.port, timeout=20) as s:
+            s.ehlo()
+            s.mail("a@b")
+            s.rcpt("c@d")
+            assert s.data(b"Received: x\r\n" * 100 + b"\r\n" + b"b" * 200000 + b"\r\n") == \
+                (554, b"too many hops, this message is looping (#5.4.6)")
+            assert s.noop() == (250, b"ok")
+
+
 def test_control_edit_reaches_next_connection(daemon, qmailRoot):
     """Controls are re-read for new connections (as qmail-smtpd per connection), no restart."""
     c = RawClient(daemon.port)
