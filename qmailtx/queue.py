@@ -118,7 +118,7 @@ class Queue:
             except Exception:
                 _log.failure("queue observer failed")
 
-    def begin(self, how, eager=False, uid=None):
+    def begin(self, how, eager=False, uid=None, qp=None):
         """
         Start a message: allocate its qp and write the Received line (into memory).
 
@@ -129,11 +129,13 @@ class Queue:
         C{eager} makes the files at once, as the C{qmail-queue} command must (its exit code
         tells which step failed); then begin() raises L{TempFailure} on trouble.
         C{uid} is the injecting user for the C{todo/} C{u} record (default this process's
-        uid; the queue socket passes its client's).
+        uid; the queue socket passes its client's), C{qp} the number for the Received line
+        and the C{p} record (default one of this process's own; the queue socket passes its
+        client's pid, which is qmail-queue's qp, as a forwarding qmail-local reports it).
         """
-        qp = next(self._qps)
+        serial = next(self._qps)
         now = self._seconds()
-        writer = QueueWriter(self, qp, int(now))
+        writer = QueueWriter(self, serial if qp is None else qp, int(now), serial)
         if uid is not None:
             writer.uid = uid
         if eager:
@@ -141,7 +143,7 @@ class Queue:
                 writer._ensureFile()
             except _Trouble as t:
                 raise _failureFor(t.code)
-        writer.write(receivedLine(qp, how, now))
+        writer.write(receivedLine(writer.qp, how, now))
         return writer
 
     def _createMess(self, qp, now):

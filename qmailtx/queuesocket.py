@@ -60,12 +60,27 @@ def socketPath(root):
     return os.path.join(root, SOCKET_DIR, SOCKET_NAME)
 
 
+def _peerCredentials(transport):
+    sock = transport.getHandle()
+    return _PEERCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+
+
 def peerUid(transport):
     """The uid of the process at the other end of a Unix socket transport, from the kernel."""
-    sock = transport.getHandle()
-    _, uid, _ = _PEERCRED.unpack(
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-    return uid
+    return _peerCredentials(transport)[1]
+
+
+def peerPid(transport):
+    """
+    The pid of the client (the C{qmailtx queue} process), the message's qp as qmail-queue's
+    own pid is; C{None} when the kernel cannot say (a client in another pid namespace).
+    """
+    try:
+        pid = _peerCredentials(transport)[0]
+    except (OSError, AttributeError):
+        return None
+    return pid or None
 
 
 @implementer(IHalfCloseableProtocol)
@@ -95,7 +110,8 @@ class QueueSocketProtocol(Protocol, TimeoutMixin):
             return
         self._uid = uid
         try:
-            self._writer = self.factory.queue.begin(self.factory.howFor(uid), uid=uid)
+            self._writer = self.factory.queue.begin(self.factory.howFor(uid), uid=uid,
+                                                    qp=self.factory.peerPid(self.transport))
         except (TempFailure, PermFailure) as f:
             self._answer(qqExitCode(f))
 
@@ -183,11 +199,12 @@ class QueueSocketFactory(Factory):
     protocol = QueueSocketProtocol
 
     def __init__(self, queue, root, reactor, peerUid=peerUid, timeout=STALL_TIMEOUT,
-                 clientLimit=CLIENT_LIMIT, uidLimit=UID_LIMIT, ownUid=None):
+                 clientLimit=CLIENT_LIMIT, uidLimit=UID_LIMIT, ownUid=None, peerPid=peerPid):
         self.queue = queue
         self.root = root
         self.reactor = reactor
         self.peerUid = peerUid
+        self.peerPid = peerPid
         self.timeout = timeout
         self.clientLimit = clientLimit
         self.uidLimit = uidLimit

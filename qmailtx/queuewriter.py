@@ -30,10 +30,13 @@ class QueueWriter:
     @ivar msgid: the inode of C{mess/<id%23>/<id>}, the message's id.
     """
 
-    def __init__(self, queue, qp, born):
+    def __init__(self, queue, qp, born, serial=None):
+        """C{serial} (default C{qp}) names the C{pid/} file: unique in this process even when
+        C{qp} is another process's pid (the queue socket's client)."""
         self._queue = queue
         self.uid = queue._uid
         self.qp = qp
+        self._serial = qp if serial is None else serial
         self._born = born
         self.msgid = None
         self._fd = None
@@ -48,7 +51,7 @@ class QueueWriter:
     def _ensureFile(self):
         """Create C{mess/<id%23>/<id>} if not yet done; raises L{_Trouble}."""
         if self._fd is None and self.msgid is None:
-            self.msgid, self._fd = self._queue._createMess(self.qp, self._born)
+            self.msgid, self._fd = self._queue._createMess(self._serial, self._born)
             self._messPath = os.path.join(
                 self._queue.queueDir, "mess", splitName(self.msgid), str(self.msgid))
 

@@ -319,6 +319,8 @@ def test_forwardSenderIsOwnerThenVerp(site, user):
     assert first.startswith(b"Return-Path: <joe-list-owner@mx.example.com>\n"
                             b"Delivered-To: joe-member@mx.example.com\n"), first
     assert b"\nDelivered-To: joe-list@mx.example.com\n" in first
+    qp = site.logLine(r"success: did_0\+1\+0/qp_(\d+)/").group(1)
+    assert b"\nReceived: (qmail %s invoked " % qp.encode() in first, (qp, first)
     site.dotqmail(".qmail-list-owner-default", b"./Maildir/\n")
     site.send("someone@example.org", ["joe-list@" + ME])
     second = site.mails(os.path.join(member, "Maildir"), count=2)
