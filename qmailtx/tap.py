@@ -66,6 +66,13 @@ class Options(usage.Options):
         self["maxperip"] = {}
 
     def listen(self, kind, description):
+        """Take a listener, refusing (as a usage error) an endpoint string Twisted cannot parse."""
+        from twisted.internet import endpoints, reactor
+
+        try:
+            endpoints.serverFromString(reactor, description)
+        except Exception as e:
+            raise usage.UsageError(f"--{kind} {description!r}: {e}")
         self["listeners"].append((kind, description))
 
     def opt_smtp(self, description):

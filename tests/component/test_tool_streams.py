@@ -89,3 +89,20 @@ def test_daemonRefusesBadHostName(tmp_path):
     with pytest.raises(usage.UsageError, match="is not a host name"):
         Options().parseOptions(["--root", str(tmp_path / "r"), "--me", "a\nb"])
     assert not os.path.exists(tmp_path / "r")
+
+
+@pytest.mark.parametrize("option, description, reason", [
+    ("--smtp", "bogus:xx", "Unknown endpoint type"),
+    ("--pop3", "tcp:notaport", "invalid literal"),
+])
+def test_twistdBadEndpointIsAUsageError(tmp_path, option, description, reason):
+    """An endpoint string Twisted cannot parse is refused with the option's usage error (one
+    line from twistd, exit 1), not a traceback from the service's start."""
+    from twisted.python import usage
+
+    from qmailtx.tap import Options
+
+    with pytest.raises(usage.UsageError, match=f"{option} '{description}': .*{reason}"):
+        Options().parseOptions(["--root", str(tmp_path / "r"), option, description,
+                                "--checkpassword", "/bin/true"])
+    assert not os.path.exists(tmp_path / "r")
