@@ -71,6 +71,18 @@ def test_initRefusesBadHostName(tmp_path, me):
     assert not os.path.exists(tmp_path / "r")
 
 
+def test_initRefusesAnExistingRoot(tmp_path):
+    """init never overwrites: a second init of the same root exits 100 and changes nothing."""
+    root = tmp_path / "r"
+    assert tool("init", str(root), "--me", "first.example").returncode == 0
+    me = (root / "control" / "me").read_bytes()
+    result = tool("init", str(root), "--me", "second.example")
+    assert result.returncode == 100
+    oneLine(result, "init: fatal: ")
+    assert b"already exists" in result.stderr
+    assert (root / "control" / "me").read_bytes() == me == b"first.example\n"
+
+
 @pytest.mark.parametrize("closed", [0, 1])
 def test_queueKeepsItsOwnExitCode(root, closed):
     """A tool that handles a closed descriptor itself keeps its own answer: qmail-queue's

@@ -25,6 +25,7 @@ def server(tmp_path_factory):
     for name in ("concurrencylocal", "concurrencyremote"):
         (root / "control" / name).write_text("0\n")
     (root / "rules" / "smtp").write_text(":allow\n")
+    (root / "control" / "badmailfrom").write_text("bad@example.com\n")
     d = Daemon(root).start()
     yield d
     d.stop()

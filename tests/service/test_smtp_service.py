@@ -367,6 +367,46 @@ def test_QMAILQUEUE_largeMessageRefusedBeforeCommitKeepsTheSession(qmailRoot, tm
             assert s.noop() == (250, b"ok")
 
 
+def test_queueProgramThatCannotStartIsQqtFailure(qmailRoot, tmp_path):
+    """DATA whose queue program cannot be run: 451 qqt failure, and the transaction is over."""
+    (qmailRoot / "rules" / "smtp").write_text(
+        f'127.0.0.1:allow,RELAYCLIENT="",QMAILQUEUE="{tmp_path / "missing"}"\n')
+    with Daemon(qmailRoot) as d:
+        c = RawClient(d.port)
+        assert c.line() == b"220 mx.example.com ESMTP"
+        for command, reply in ((b"MAIL FROM:<a@b.example>", b"250 ok"),
+                               (b"RCPT TO:<c@d.example>", b"250 ok"),
+                               (b"DATA", b"451 qqt failure (#4.3.0)"),
+                               (b"DATA", b"503 MAIL first (#5.5.1)")):
+            c.send(command + b"\r\n")
+            assert c.line() == reply, command
+        c.close()
+
+
+def test_starttlsWithoutCertificateIsUnimplemented(qmailRoot):
+    """No control/servercert.pem: EHLO offers no STARTTLS and the verb is 502, as qmail's."""
+    os.unlink(qmailRoot / "control" / "servercert.pem")
+    with Daemon(qmailRoot) as d:
+        with smtplib.SMTP("127.0.0.1", d.port) as s:
+            code, text = s.ehlo()
+            assert code == 250 and b"STARTTLS" not in text
+            assert s.docmd("STARTTLS") == (502, b"unimplemented (#5.5.1)")
+
+
+def test_localiphostNamesBracketedLocalAddresses(qmailRoot):
+    """
+    A recipient at a bracketed address of this host is rewritten to localiphost (default
+    me) in the envelope; a foreign one stays as written.
+    """
+    (qmailRoot / "control" / "localiphost").write_text("local.example\n")
+    (qmailRoot / "rules" / "smtp").write_text('127.0.0.1:allow,RELAYCLIENT=""\n')
+    with Daemon(qmailRoot) as d:
+        with smtplib.SMTP("127.0.0.1", d.port) as s:
+            s.sendmail("a@b.example", ["u@[127.0.0.1]", "v@[192.0.2.9]"], b"Subject: x\r\n\r\nx\r\n")
+        [(_, todo)] = queued(str(qmailRoot)).values()
+    assert sorted(envelopeOf(todo)[1]) == [b"u@local.example", b"v@[192.0.2.9]"], todo
+
+
 def test_control_edit_reaches_next_connection(daemon, qmailRoot):
     """Controls are re-read for new connections (as qmail-smtpd per connection), no restart."""
     c = RawClient(daemon.port)
