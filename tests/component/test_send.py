@@ -17,7 +17,7 @@ from qmailtx.control import ControlDir
 from qmailtx.queue import Queue
 from qmailtx.results import Delivered, PermFailure, StartRefused, TempFailure
 from qmailtx.send import Sender
-from qmailtx.sendtodo import TODO_BATCH, TODO_GATHER
+from qmailtx.sendtodo import SCAN_INTERVAL, TODO_BATCH, TODO_GATHER
 
 
 def inline(f, *args):
@@ -164,6 +164,34 @@ def test_preprocessedFilesOnDisk(world):
     assert world.read("remote", msgid) == b"Tb@x.org\0"
     assert world.files("todo") == [] and world.files("intd") == []
     assert world.local.calls == [] and world.remote.calls == []
+
+
+def test_messageQueuedByQmailItself(world):
+    """
+    A message left in todo/ by qmail's own qmail-queue (its steps done by hand here: a pid/
+    file linked to mess/<inode % 23>/<inode>, intd/ written and linked to todo/) is taken
+    at start-up like ours, so an existing qmail queue carries over.
+    """
+    world.control("concurrencylocal", b"0\n")
+    world.control("concurrencyremote", b"0\n")
+    queueDir = world.queue.queueDir
+    pidPath = os.path.join(queueDir, "pid", "4242")
+    with open(pidPath, "wb") as f:
+        f.write(b"Received: (qmail 4242 invoked by uid 1000); 1 Jan 2026 00:00:00 -0000\n"
+                b"Subject: from qmail\n\nhello\n")
+    msgid = os.stat(pidPath).st_ino
+    os.link(pidPath, os.path.join(queueDir, "mess", str(msgid % 23), str(msgid)))
+    os.unlink(pidPath)
+    intd = os.path.join(queueDir, "intd", str(msgid))
+    with open(intd, "wb") as f:
+        f.write(b"u1000\0p4242\0Fjoe@example.org\0Ta@localhost\0Tb@x.org\0\0")
+    os.link(intd, os.path.join(queueDir, "todo", str(msgid)))
+    world.start()
+    world.gathered()
+    assert world.read("info", msgid) == b"Fjoe@example.org\0"
+    assert world.read("local", msgid) == b"Ta@localhost\0"
+    assert world.read("remote", msgid) == b"Tb@x.org\0"
+    assert world.files("todo") == [] and world.files("intd") == []
 
 
 def test_localRetrySchedule(world, lines):
@@ -460,6 +488,23 @@ def test_announcedTodoGathersBriefly(world):
     assert world.files("todo") == [] and sorted(world.files("info")) == sorted(few)
     many = announce(world, TODO_BATCH)
     assert world.files("todo") == [] and len(world.files("info")) == len(few) + len(many)
+
+
+def test_todoWithoutTriggerIsFoundByThePeriodicScan(world):
+    """A todo/ entry nobody announced (an outside qmail-queue whose trigger was lost) is
+    picked up by the scan qmail-send makes every SCAN_INTERVAL seconds, not before."""
+    world.control("concurrencylocal", b"0\n")
+    world.control("concurrencyremote", b"0\n")
+    world.start()
+    outside = Queue(world.root, world.clock, runBlocking=inline)
+    writer = outside.begin(b"by uid 0")
+    writer.write(b"Subject: t\n\nhello\n")
+    msgid = writer.commitSync(b"a@b.example", [b"joe@example.com"])
+    world.clock.advance(SCAN_INTERVAL - 1)
+    assert world.files("todo") == [msgid] and world.files("info") == []
+    world.clock.advance(1)
+    world.gathered()
+    assert world.files("todo") == [] and world.files("info") == [msgid]
 
 
 def test_stopCancelsTheGathering(world):
