@@ -18,7 +18,7 @@ from qmailtx import log
 from qmailtx.commits import DAEMON_DRAIN_LIMIT, Commits
 from qmailtx.control import ControlDir
 from qmailtx.flushclient import FlusherService
-from qmailtx.ipme import ipme
+from qmailtx.ipme import ipmeOrNone
 from qmailtx.qqprogram import ProgramQueue
 from qmailtx.queue import Queue
 from qmailtx.results import StartRefused
@@ -43,7 +43,10 @@ class Site:
         self.queue = Queue(self.root, reactor)
         self.commits = Commits(reactor)
         self.listenerQueue = self.queue
-        self.ipme = ipme()
+        self.ipme = ipmeOrNone()
+        if self.ipme is None:
+            log.warning("unable to figure out my IP addresses: SMTP sessions get 421 until "
+                        "the interfaces can be read")
 
     @property
     def listenerQueue(self):

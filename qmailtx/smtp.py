@@ -69,6 +69,11 @@ class SMTPServer(SecureSession, Protocol):
             self.transport.write(b"421 unable to read controls (#4.3.0)\r\n")
             self.transport.loseConnection()
             return
+        if factory.ownAddresses() is None:
+            self._state = _CLOSED
+            self.transport.write(b"421 unable to figure out my IP addresses (#4.3.0)\r\n")
+            self.transport.loseConnection()
+            return
         self.timeout = c.timeout
         self.remotehost = _envBytes(env, "TCPREMOTEHOST") or b"unknown"
         self.helo = None

@@ -40,6 +40,16 @@ class SMTPFactory(SecureFactory, Factory):
         self._snapshot = None
         self._loadedAt = 0.0
 
+    def ownAddresses(self):
+        """
+        This host's addresses (ipme) for localiphost, or C{None} when they cannot be read:
+        looked up again for each session until they can, as each qmail-smtpd looks them up.
+        """
+        if self.ipme is None:
+            from qmailtx.ipme import ipmeOrNone
+            self.ipme = ipmeOrNone()
+        return self.ipme
+
     def loadControls(self):
         """
         The current snapshot; the same object while no control file changed.  qmail-smtpd

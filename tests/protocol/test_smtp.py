@@ -112,6 +112,27 @@ def test_smtpgreeting_and_ehlo(root):
                                       b"250-8BITMIME", b"250 SIZE 1000"]
 
 
+def test_unknownOwnAddresses_421(root, monkeypatch):
+    """This host's addresses cannot be read: 421 and close at the start, as qmail-smtpd's
+    setup; looked up again for the next session, which is served once they can be read."""
+    from qmailtx import ipme
+
+    def broken():
+        raise OSError(19, "no such device")
+    monkeypatch.setattr(ipme, "interfaceAddresses", broken)
+    s = Session(root)
+    s.factory.ipme = None
+    first = StringTransport()
+    s.factory.buildProtocol(None).makeConnection(first)
+    assert first.value() == b"421 unable to figure out my IP addresses (#4.3.0)\r\n"
+    assert first.disconnecting
+    monkeypatch.setattr(ipme, "interfaceAddresses", lambda: {b"192.0.2.7"})
+    second = StringTransport()
+    s.factory.buildProtocol(None).makeConnection(second)
+    assert second.value() == b"220 mx.example.com ESMTP\r\n"
+    assert b"192.0.2.7" in s.factory.ipme
+
+
 def test_no_controls_421(tmp_path):
     """Neither smtpgreeting nor me: 421 unable to read controls, then close."""
     (tmp_path / "control").mkdir()

@@ -93,3 +93,16 @@ def test_received_no_helo_yet():
     """Before HELO the HELO state is the remote host name: no HELO part."""
     line = address.receivedLine(b"unknown", None, None, b"1.2.3.4", b"mx", b"SMTP", 0)
     assert line.startswith(b"Received: from unknown (1.2.3.4)\n")
+
+
+def test_ipmeWhenInterfacesCannotBeRead(monkeypatch):
+    """ipme() falls back to the loopback addresses; ipmeOrNone() says it does not know."""
+    from qmailtx import ipme
+
+    assert b"127.0.0.1" in ipme.ipmeOrNone()
+
+    def broken():
+        raise OSError(19, "no such device")
+    monkeypatch.setattr(ipme, "interfaceAddresses", broken)
+    assert ipme.ipme() == frozenset({b"0.0.0.0", b"127.0.0.1"})
+    assert ipme.ipmeOrNone() is None
