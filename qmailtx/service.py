@@ -22,7 +22,7 @@ from qmailtx.ipme import ipmeOrNone
 from qmailtx.qqprogram import ProgramQueue
 from qmailtx.queue import Queue
 from qmailtx.results import StartRefused
-from qmailtx.rootdir import createRoot
+from qmailtx.rootdir import blockedAncestor, createRoot
 from qmailtx.rules import DefaultRulesSource, RulesSource
 from qmailtx.smtpfactory import SMTPFactory
 from qmailtx.tcpserver import RulesFactory
@@ -292,8 +292,6 @@ def addDelivery(site, top):
 
 def _warnUnreachableAlias(root):
     """Started as root, say so at once if the alias user cannot reach ROOT/alias."""
-    from qmailtx.rootdir import blockedAncestor
-
     alias = os.path.join(root, "alias")
     if os.geteuid() != 0 or not os.path.isdir(alias):
         return
@@ -302,6 +300,29 @@ def _warnUnreachableAlias(root):
     if blocked is not None:
         log.warning(f"alias deliveries will defer: uid {st.st_uid} cannot pass through {blocked}; "
                     "put the root where its mail users can reach it")
+
+
+def _warnUnreachableRuntime(paths=None, uid=65534, gid=65534):
+    """
+    Started as root, say so at once if a mailbox owner (checked as C{nobody}) could not run
+    this Python or import qmailtx: deliveries start as root, but a forward or a C{qmailtx}
+    command in a C{.qmail} program runs them as the owner, and would defer with
+    C{unable to exec qq}.
+    """
+    if os.geteuid() != 0:
+        return
+    if paths is None:
+        import qmailtx
+
+        paths = [os.path.realpath(sys.executable),
+                 os.path.dirname(os.path.realpath(qmailtx.__file__))]
+    for path in paths:
+        blocked = blockedAncestor(path, uid, gid)
+        if blocked is not None:
+            log.warning(f"forwards will defer: mailbox owners cannot reach {path} ({blocked} is "
+                        "closed to them); install qmailtx and its Python where every user can "
+                        "run them")
+            return
 
 
 def makeQmailService(config, reactor=None):
@@ -317,6 +338,7 @@ def makeQmailService(config, reactor=None):
         log.event(f"created qmail root {os.path.abspath(root)}")
     site = Site(root, reactor)
     _warnUnreachableAlias(site.root)
+    _warnUnreachableRuntime()
     if config.get("nullclient"):
         from qmailtx.nullclient import QmqpQueue
 
