@@ -165,9 +165,14 @@ class QmailService(service.MultiService):
         """
         commits = self.site.commits
         commits.refuse()
-        _hearRepeatedStops(getattr(self.site, "reactor", None))
         stopped = service.MultiService.stopService(self)
         return stopped.addCallback(lambda _: commits.close(limit=DAEMON_DRAIN_LIMIT))
+
+    def startService(self):
+        service.MultiService.startService(self)
+        reactor = getattr(self.site, "reactor", None)
+        if reactor is not None:
+            reactor.callWhenRunning(_hearRepeatedStops, reactor, lambda: not self.running)
 
     def privilegedStartService(self):
         try:
@@ -177,23 +182,30 @@ class QmailService(service.MultiService):
             raise
 
 
-def _hearRepeatedStops(reactor):
+def _hearRepeatedStops(reactor, stopping):
     """
-    While the stop drains, a further SIGTERM or SIGINT only says so in the log: the
-    reactor's own handlers would call its C{stop} again and log C{ReactorNotRunning} with a
-    traceback.  Handlers someone else installed are left alone.
+    Wrap the reactor's SIGTERM and SIGINT handlers (installed once it runs): the first
+    signal stops the daemon as before; one that comes once a stop is under way (signalled,
+    or C{stopping()} says so) is only logged, where the reactor's own handler would call its
+    C{stop} again and log C{ReactorNotRunning} with a traceback.  Handlers someone else
+    installed are left alone.
     """
-    if reactor is None:
-        return
+    signalled = []
 
     def heard(number, frame):
-        name = signal.Signals(number).name
-        reactor.callFromThread(
-            log.event, f"{name}: already stopping, answering the messages in flight first")
+        if signalled or stopping():
+            name = signal.Signals(number).name
+            reactor.callFromThread(
+                log.event, f"{name}: already stopping, answering the messages in flight first")
+            return
+        signalled.append(number)
+        original[number](number, frame)
 
+    original = {}
     for number, handler in ((signal.SIGTERM, getattr(reactor, "sigTerm", None)),
                             (signal.SIGINT, getattr(reactor, "sigInt", None))):
         if handler is not None and signal.getsignal(number) == handler:
+            original[number] = handler
             signal.signal(number, heard)
 
 
