@@ -132,10 +132,15 @@ class ProgramWriter:
         return None
 
     def abort(self):
-        """Close both pipes without an envelope: the program exits 54 and removes its files."""
+        """
+        Close both pipes without an envelope: the program exits 54 and removes its files.
+        A producer still registered is let go first: a pipe that has one only resumes it
+        when its buffer drains, and would never close.
+        """
         if self._state != "open":
             return
         self._state = "aborted"
+        self.unregisterProducer()
         self._closeInput()
         self._transport.closeChildFD(1)
         self._protocol.ended.addErrback(lambda f: None)

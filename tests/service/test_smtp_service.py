@@ -407,6 +407,36 @@ def test_localiphostNamesBracketedLocalAddresses(qmailRoot):
     assert sorted(envelopeOf(todo)[1]) == [b"u@local.example", b"v@[192.0.2.9]"], todo
 
 
+def test_QMAILQUEUE_seesEndOfInputAfterATimeout(qmailRoot, tmp_path):
+    """
+    A session that times out while the program's pipe is backed up: the program, once it
+    reads again, still gets end of input (and, without an envelope, gives up as qmail-queue
+    does) instead of waiting on the pipe for ever.
+    """
+    done = tmp_path / "eof"
+    program = tmp_path / "qq"
+    program.write_text(f"#!/bin/sh\nsleep 2\ncat >/dev/null\ntouch {done}\nexit 54\n")
+    program.chmod(0o755)
+    (qmailRoot / "control" / "timeoutsmtpd").write_text("1\n")
+    (qmailRoot / "rules" / "smtp").write_text(
+        f'127.0.0.1:allow,RELAYCLIENT="",QMAILQUEUE="{program}"\n')
+    with Daemon(qmailRoot) as d:
+        c = RawClient(d.port)
+        assert c.line() == b"220 mx.example.com ESMTP"
+        c.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n")
+        assert [c.line(), c.line(), c.line()] == [b"250 ok", b"250 ok", b"354 go ahead"]
+        c.sock.settimeout(10)
+        try:
+            c.sock.sendall((b"x" * 78 + b"\r\n") * 5000)
+        except OSError:
+            pass
+        deadline = time.monotonic() + 15
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        c.close()
+        assert done.exists(), "the queue program never saw the end of its input"
+
+
 def test_control_edit_reaches_next_connection(daemon, qmailRoot):
     """Controls are re-read for new connections (as qmail-smtpd per connection), no restart."""
     c = RawClient(daemon.port)
