@@ -146,9 +146,10 @@ class Queue:
         writer.write(receivedLine(writer.qp, how, now))
         return writer
 
-    def _createMess(self, qp, now):
-        """qmail-queue steps 2–3: returns C{(msgid, fd)}; raises L{_Trouble}."""
-        fd, pidPath = self._openPid(qp, now)
+    def _createMess(self, serial, now):
+        """qmail-queue steps 2–3: returns C{(msgid, fd)}; raises L{_Trouble}.  C{serial} (unique
+        in this process) names the C{pid/} file."""
+        fd, pidPath = self._openPid(serial, now)
         msgid = os.fstat(fd).st_ino
         messPath = os.path.join(self.queueDir, "mess", splitName(msgid), str(msgid))
         try:
@@ -184,17 +185,17 @@ class Queue:
                 pass
         return fd
 
-    def _openPid(self, qp, now):
+    def _openPid(self, serial, now):
         # A spare arrives by rename, which would replace a file of the same name: its pid/
         # name carries this process's own pid and an "s", a name no qmail-queue uses.
-        spare = os.path.join(self.queueDir, "pid", "%d.%d.s%d" % (os.getpid(), now, qp))
+        spare = os.path.join(self.queueDir, "pid", "%d.%d.s%d" % (os.getpid(), now, serial))
         fd = self._takeSpare(spare)
         if fd is not None:
             self._recycled.add(fd)
             return fd, spare
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         for seq in range(1, PID_SEQ_LIMIT + 1):
-            path = os.path.join(self.queueDir, "pid", "%d.%d.%d" % (qp, now, seq))
+            path = os.path.join(self.queueDir, "pid", "%d.%d.%d" % (serial, now, seq))
             try:
                 return os.open(path, flags, 0o644), path
             except FileExistsError:

@@ -323,18 +323,24 @@ def _warnUnreachableRuntime(paths=None, uid=65534, gid=65534):
     """
     if os.geteuid() != 0:
         return
-    if paths is None:
-        import qmailtx
-
-        paths = [os.path.realpath(sys.executable),
-                 os.path.dirname(os.path.realpath(qmailtx.__file__))]
-    for path in paths:
+    for path in (_runtimePaths() if paths is None else paths):
         blocked = blockedAncestor(path, uid, gid)
         if blocked is not None:
             log.warning(f"forwards will defer: mailbox owners cannot reach {path} ({blocked} is "
                         "closed to them); install qmailtx and its Python where every user can "
                         "run them")
             return
+
+
+def _runtimePaths():
+    """What a forward execs and imports: the interpreter as named and as resolved, and the
+    files of qmailtx and Twisted (each checked from its own directory up)."""
+    import twisted
+
+    import qmailtx
+
+    return [sys.executable, os.path.realpath(sys.executable),
+            os.path.realpath(qmailtx.__file__), os.path.realpath(twisted.__file__)]
 
 
 def makeQmailService(config, reactor=None):

@@ -427,7 +427,6 @@ class SMTPServer(SecureSession, Protocol):
         self._close()
 
 
-
 class _QueueBacklog:
     """
     What a queue program's stdin pipe pauses while it is backed up.  Its end (the program

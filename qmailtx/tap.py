@@ -66,11 +66,15 @@ class Options(usage.Options):
         self["maxperip"] = {}
 
     def listen(self, kind, description):
-        """Take a listener, refusing (as a usage error) an endpoint string Twisted cannot parse."""
-        from twisted.internet import endpoints, reactor
+        """
+        Take a listener, refusing (as a usage error) an endpoint string Twisted cannot parse.
+        Parsed against a stand-in reactor: option parsing must not install the real one.
+        """
+        from twisted.internet import endpoints
+        from twisted.internet.testing import MemoryReactor
 
         try:
-            endpoints.serverFromString(reactor, description)
+            endpoints.serverFromString(MemoryReactor(), description)
         except Exception as e:
             raise usage.UsageError(f"--{kind} {description!r}: {e}")
         self["listeners"].append((kind, description))

@@ -79,6 +79,24 @@ def test_qpUniqueIncreasing(root):
         w.abort()
 
 
+def test_givenQpRepeatedInOneSecond(root):
+    """Two messages given the same qp (two queue-socket clients that had the same pid) in
+    the same second still get their own pid/ files and messages: files are named by the
+    queue's own serial, the qp only shows in the Received line and the p record."""
+    q = makeQueue(root)
+    ids = []
+    for body in (b"one\n", b"two\n"):
+        w = q.begin(b"by uid 1000", eager=True, qp=4242)
+        w.write(body)
+        ids.append(w.commitSync(b"a@b", [b"c@d"]))
+    assert ids[0] != ids[1]
+    for msgid, body in zip(ids, (b"one\n", b"two\n")):
+        mess = read(root, "mess", str(msgid % 23), str(msgid))
+        assert mess.startswith(b"Received: (qmail 4242 invoked by uid 1000); ")
+        assert mess.endswith(body)
+        assert read(root, "todo", str(msgid)).startswith(b"u%d\0p4242\0" % os.getuid())
+
+
 def test_commitDeferredAndObserverAndTrigger(root):
     """commit() fires with the id after todo is linked; observers get the id, and with one
     in this process nothing is written to lock/trigger (qmail-send would only list todo/

@@ -91,6 +91,18 @@ def test_clientUidInReceivedLineAndTodo(root):
     assert os.path.basename(todo) == os.path.basename(mess)
 
 
+def test_clientPidIsTheQp(root):
+    """The peer's pid (its qmailtx queue process) is the message's qp, as qmail-queue's own
+    pid is: a forwarding delivery reports that number in its did line."""
+    s = Server(root, uid=4242, peerPid=lambda transport: 31337)
+    s.send(message(b"Subject: hi\n\nbody\n") + ENVELOPE)
+    assert s.answer() == b"0\n"
+    [mess] = s.files("mess")
+    [todo] = s.files("todo")
+    assert s.read(mess).startswith(b"Received: (qmail 31337 invoked by uid 4242); ")
+    assert s.read(todo).startswith(b"u4242\0p31337\0")
+
+
 def test_byteAtATime(root):
     """Framing split at every byte still queues the message verbatim (NULs and frame characters too)."""
     s = Server(root)

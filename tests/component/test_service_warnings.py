@@ -5,12 +5,13 @@ deliveries need, instead of leaving it to the first deferral to tell.
 
 import os
 import shutil
+import sys
 import tempfile
 
 import pytest
 from twisted.logger import globalLogPublisher
 
-from qmailtx.service import _warnUnreachableAlias, _warnUnreachableRuntime
+from qmailtx.service import _runtimePaths, _warnUnreachableAlias, _warnUnreachableRuntime
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the warnings are for root-run daemons")
 
@@ -25,7 +26,7 @@ def base():
 
 
 @pytest.fixture
-def warnings():
+def logged():
     seen = []
 
     def observer(event):
@@ -36,7 +37,7 @@ def warnings():
     globalLogPublisher.removeObserver(observer)
 
 
-def test_runtimeClosedToOtherUsers(base, warnings):
+def test_runtimeClosedToOtherUsers(base, logged):
     """A Python (or package) under a directory only root may enter: forwards would defer."""
     closed = os.path.join(base, "closed")
     os.mkdir(closed, 0o700)
@@ -44,19 +45,33 @@ def test_runtimeClosedToOtherUsers(base, warnings):
     open(python, "w").close()
     os.chmod(python, 0o755)
     _warnUnreachableRuntime([str(python)])
-    assert len(warnings) == 1
-    assert warnings[0].startswith(f"warning: forwards will defer: mailbox owners cannot reach "
+    assert len(logged) == 1
+    assert logged[0].startswith(f"warning: forwards will defer: mailbox owners cannot reach "
                                   f"{python} ({closed} is closed to them)")
     os.chmod(closed, 0o755)
     _warnUnreachableRuntime([str(python)])
-    assert len(warnings) == 1
+    assert len(logged) == 1
 
 
-def test_aliasClosedToTheAliasUser(base, warnings):
+def test_runtimePathsNameWhatAForwardRuns():
+    """The interpreter as a forward execs it (its name, maybe a symlink in a closed venv) and
+    as resolved, and the package files themselves, so a closed package directory counts."""
+    import twisted
+
+    import qmailtx
+
+    paths = _runtimePaths()
+    assert paths[0] == sys.executable and paths[1] == os.path.realpath(sys.executable)
+    assert os.path.realpath(qmailtx.__file__) in paths
+    assert os.path.realpath(twisted.__file__) in paths
+
+
+def test_aliasClosedToTheAliasUser(base, logged):
+    """ROOT/alias where its owner cannot pass: alias deliveries would defer."""
     root = os.path.join(base, "root")
     os.makedirs(os.path.join(root, "alias"))
     os.chown(os.path.join(root, "alias"), 65534, 65534)
     os.chmod(root, 0o700)
     _warnUnreachableAlias(str(root))
-    assert warnings == [f"warning: alias deliveries will defer: uid 65534 cannot pass through "
+    assert logged == [f"warning: alias deliveries will defer: uid 65534 cannot pass through "
                         f"{root}; put the root where its mail users can reach it"]
