@@ -34,3 +34,18 @@ def daemon(qmailRoot):
     d = Daemon(qmailRoot).start()
     yield d
     d.stop()
+
+
+@pytest.fixture
+def qmailLines():
+    """Every qmail-style log line (L{qmailtx.log}) emitted during the test, in order."""
+    from twisted.logger import globalLogPublisher
+
+    seen = []
+
+    def observer(event):
+        if "qmail" in event:
+            seen.append(event["qmail"])
+    globalLogPublisher.addObserver(observer)
+    yield seen
+    globalLogPublisher.removeObserver(observer)

@@ -9,8 +9,6 @@ import sys
 import tempfile
 
 import pytest
-from twisted.logger import globalLogPublisher
-
 from qmailtx.service import _runtimePaths, _warnUnreachableAlias, _warnUnreachableRuntime
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the warnings are for root-run daemons")
@@ -25,19 +23,7 @@ def base():
     shutil.rmtree(path)
 
 
-@pytest.fixture
-def logged():
-    seen = []
-
-    def observer(event):
-        if "qmail" in event:
-            seen.append(event["qmail"])
-    globalLogPublisher.addObserver(observer)
-    yield seen
-    globalLogPublisher.removeObserver(observer)
-
-
-def test_runtimeClosedToOtherUsers(base, logged):
+def test_runtimeClosedToOtherUsers(base, qmailLines):
     """A Python (or package) under a directory only root may enter: forwards would defer."""
     closed = os.path.join(base, "closed")
     os.mkdir(closed, 0o700)
@@ -45,12 +31,12 @@ def test_runtimeClosedToOtherUsers(base, logged):
     open(python, "w").close()
     os.chmod(python, 0o755)
     _warnUnreachableRuntime([str(python)])
-    assert len(logged) == 1
-    assert logged[0].startswith(f"warning: forwards will defer: mailbox owners cannot reach "
+    assert len(qmailLines) == 1
+    assert qmailLines[0].startswith(f"warning: forwards will defer: mailbox owners cannot reach "
                                   f"{python} ({closed} is closed to them)")
     os.chmod(closed, 0o755)
     _warnUnreachableRuntime([str(python)])
-    assert len(logged) == 1
+    assert len(qmailLines) == 1
 
 
 def test_runtimePathsNameWhatAForwardRuns():
@@ -66,12 +52,12 @@ def test_runtimePathsNameWhatAForwardRuns():
     assert os.path.realpath(twisted.__file__) in paths
 
 
-def test_aliasClosedToTheAliasUser(base, logged):
+def test_aliasClosedToTheAliasUser(base, qmailLines):
     """ROOT/alias where its owner cannot pass: alias deliveries would defer."""
     root = os.path.join(base, "root")
     os.makedirs(os.path.join(root, "alias"))
     os.chown(os.path.join(root, "alias"), 65534, 65534)
     os.chmod(root, 0o700)
     _warnUnreachableAlias(str(root))
-    assert logged == [f"warning: alias deliveries will defer: uid 65534 cannot pass through "
+    assert qmailLines == [f"warning: alias deliveries will defer: uid 65534 cannot pass through "
                         f"{root}; put the root where its mail users can reach it"]

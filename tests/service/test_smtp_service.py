@@ -289,6 +289,25 @@ def test_log_lines(daemon):
     assert "from <joe@example.net> qp " in log
 
 
+def queueProgram(qmailRoot, tmp_path, script):
+    """A QMAILQUEUE program running C{script} (sh), set for 127.0.0.1 by the smtp rules."""
+    program = tmp_path / "qq"
+    program.write_text("#!/bin/sh\n" + script)
+    program.chmod(0o755)
+    (qmailRoot / "rules" / "smtp").write_text(
+        f'127.0.0.1:allow,RELAYCLIENT="",QMAILQUEUE="{program}"\n')
+    return program
+
+
+def smtpAtData(port):
+    """An smtplib session past EHLO, MAIL and RCPT, ready for DATA."""
+    s = smtplib.SMTP("127.0.0.1", port, timeout=20)
+    s.ehlo()
+    s.mail("a@b")
+    s.rcpt("c@d")
+    return s
+
+
 def test_QMAILQUEUE_from_rules(qmailRoot, tmp_path):
     """A rules entry's QMAILQUEUE makes the listener hand the message to that program
     (message on fd 0, envelope on fd 1), as netqmail's qmail-smtpd does."""
@@ -331,16 +350,9 @@ def test_QMAILQUEUE_thatStopsReadingStillGetsItsAnswer(qmailRoot, tmp_path):
     closes its end of the pipe early: the session still reads up to the dot and answers from
     the program's exit code, instead of dropping the client, which would then retry.
     """
-    program = tmp_path / "qq"
-    program.write_text("#!/bin/sh\nhead -c 5 >/dev/null\nexit 31\n")
-    program.chmod(0o755)
-    (qmailRoot / "rules" / "smtp").write_text(
-        f'127.0.0.1:allow,RELAYCLIENT="",QMAILQUEUE="{program}"\n')
+    queueProgram(qmailRoot, tmp_path, "head -c 5 >/dev/null\nexit 31\n")
     with Daemon(qmailRoot) as d:
-        with smtplib.SMTP("127.0.0.1", d.port, timeout=20) as s:
-            s.ehlo()
-            s.mail("a@b")
-            s.rcpt("c@d")
+        with smtpAtData(d.port) as s:
             assert s.data(b"Subject: x\r\n\r\n" + b"body line\r\n" * 20000) == \
                 (554, b"mail server permanently rejected message (#5.3.0)")
             assert s.noop() == (250, b"ok")
@@ -352,16 +364,9 @@ def test_QMAILQUEUE_largeMessageRefusedBeforeCommitKeepsTheSession(qmailRoot, tm
     session reads on (the pipe's backlog no longer holds the socket) and answers the next
     command.
     """
-    program = tmp_path / "qq"
-    program.write_text("#!/bin/sh\ncat >/dev/null\ncat <&1 >/dev/null\nexit 0\n")
-    program.chmod(0o755)
-    (qmailRoot / "rules" / "smtp").write_text(
-        f'127.0.0.1:allow,RELAYCLIENT="",QMAILQUEUE="{program}"\n')
+    queueProgram(qmailRoot, tmp_path, "cat >/dev/null\ncat <&1 >/dev/null\nexit 0\n")
     with Daemon(qmailRoot) as d:
-        with smtplib.SMTP("127.0.0.1", d.port, timeout=20) as s:
-            s.ehlo()
-            s.mail("a@b")
-            s.rcpt("c@d")
+        with smtpAtData(d.port) as s:
             assert s.data(b"Received: x\r\n" * 100 + b"\r\n" + b"b" * 200000 + b"\r\n") == \
                 (554, b"too many hops, this message is looping (#5.4.6)")
             assert s.noop() == (250, b"ok")
@@ -414,12 +419,8 @@ def test_QMAILQUEUE_seesEndOfInputAfterATimeout(qmailRoot, tmp_path):
     does) instead of waiting on the pipe for ever.
     """
     done = tmp_path / "eof"
-    program = tmp_path / "qq"
-    program.write_text(f"#!/bin/sh\nsleep 2\ncat >/dev/null\ntouch {done}\nexit 54\n")
-    program.chmod(0o755)
+    queueProgram(qmailRoot, tmp_path, f"sleep 2\ncat >/dev/null\ntouch {done}\nexit 54\n")
     (qmailRoot / "control" / "timeoutsmtpd").write_text("1\n")
-    (qmailRoot / "rules" / "smtp").write_text(
-        f'127.0.0.1:allow,RELAYCLIENT="",QMAILQUEUE="{program}"\n')
     with Daemon(qmailRoot) as d:
         c = RawClient(d.port)
         assert c.line() == b"220 mx.example.com ESMTP"
