@@ -133,7 +133,9 @@ def prepare(argv, environ, stdin, now=None, pid=None):
     except OSError:
         raise inject.InjectError(b"read error\n", 111)
     if not os.path.isdir(root):
-        raise inject.InjectError(b"internal bug\n", 111)
+        # qmail-inject's words for a failed chdir to its home, then which home and how to name another.
+        raise inject.InjectError(b"internal bug: no qmail root at " + os.fsencode(root)
+                                 + b" (give --root DIR or set QMAILHOME)\n", 111)
     controls = ControlDir(os.path.join(root, "control"))
     try:
         controls.me()

@@ -128,9 +128,13 @@ def test_injectUsageErrors(root, args, code, err):
 
 
 def test_injectMissingRoot(tmp_path):
-    """A root that does not exist: qmail-inject's chdir failure, temporary."""
-    result = run(["inject", "--root", str(tmp_path / "none"), "r"], b"\n")
-    assert (result.returncode, result.stderr) == (111, b"qmail-inject: fatal: internal bug\n")
+    """A root that does not exist: qmail-inject's chdir failure, temporary, naming the root
+    it looked for and how to give another."""
+    missing = str(tmp_path / "none").encode()
+    result = run(["inject", "--root", missing.decode(), "r"], b"\n")
+    assert (result.returncode, result.stderr) == (
+        111, b"qmail-inject: fatal: internal bug: no qmail root at " + missing
+        + b" (give --root DIR or set QMAILHOME)\n")
 
 
 def test_sendmailFlags(root):
