@@ -309,13 +309,26 @@ class _MonotonicClock:
         return time.monotonic()
 
 
-def _due(source):
-    """Whether C{source}'s C{interval} has passed since its last check (then: checked now)."""
-    now = source._clock.seconds()
-    if now - source._checkedAt >= source._interval or now < source._checkedAt:
-        source._checkedAt = now
-        return True
-    return False
+class _CheckEvery:
+    """At most one check per C{interval} seconds of C{clock} time (a clock that went back
+    counts as due), shared by the rules sources."""
+
+    def __init__(self, clock, interval):
+        self.clock = clock if clock is not None else _MonotonicClock()
+        self.interval = interval
+        self.mark()
+
+    def mark(self):
+        """Checked now."""
+        self._at = self.clock.seconds()
+
+    def due(self):
+        """Whether the interval has passed since the last check (then: checked now)."""
+        now = self.clock.seconds()
+        if now - self._at >= self.interval or now < self._at:
+            self._at = now
+            return True
+        return False
 
 
 class RulesSource:
@@ -336,14 +349,12 @@ class RulesSource:
         """
         self.path = path
         self.isCdb = path.endswith(".cdb")
-        self._clock = clock if clock is not None else _MonotonicClock()
-        self._interval = interval
-        self._checkedAt = None
+        self._every = _CheckEvery(clock, interval)
         self._identity = None
         self._rules = None
         self._problem = None
         self._refresh(initial=strict)
-        self._checkedAt = self._clock.seconds()
+        self._every.mark()
 
     def _read(self, st):
         """Parse the file behind stat result C{st}; raises L{RulesError} or C{OSError}."""
@@ -398,7 +409,7 @@ class RulesSource:
         The rules in force; raises L{RulesMissing} while the file does not exist and
         L{RulesError} while it has never been readable, so the caller drops the connection.
         """
-        if _due(self):
+        if self._every.due():
             self._refresh()
         if self._problem is not None:
             raise self._problem
@@ -416,11 +427,10 @@ class DefaultRulesSource:
 
     def __init__(self, candidates, clock=None, interval=1.0):
         self.candidates = list(candidates)
-        self._clock = clock if clock is not None else _MonotonicClock()
-        self._interval = interval
+        self._every = _CheckEvery(clock, interval)
         self._source = None
         self._choose(strict=True)
-        self._checkedAt = self._clock.seconds()
+        self._every.mark()
 
     @property
     def path(self):
@@ -435,14 +445,15 @@ class DefaultRulesSource:
         """
         path = next((p for p in self.candidates if os.path.exists(p)), None)
         if path is not None and (self._source is None or self._source.path != path):
-            self._source = RulesSource(path, self._clock, self._interval, strict=strict)
+            self._source = RulesSource(path, self._every.clock, self._every.interval,
+                                       strict=strict)
 
     def current(self):
         """
         The rules in force, or C{None} when no candidate exists; raises L{RulesError} as
         L{RulesSource.current} does for the file chosen.
         """
-        if _due(self):
+        if self._every.due():
             self._choose()
         if self._source is None:
             return None

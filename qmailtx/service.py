@@ -11,9 +11,11 @@ import os
 import signal
 import sys
 
+import twisted
 from twisted.application import service
 from twisted.internet import endpoints
 
+import qmailtx
 from qmailtx import log
 from qmailtx.commits import DAEMON_DRAIN_LIMIT, Commits
 from qmailtx.control import ControlDir
@@ -335,10 +337,6 @@ def _warnUnreachableRuntime(paths=None, uid=65534, gid=65534):
 def _runtimePaths():
     """What a forward execs and imports: the interpreter as named and as resolved, and the
     files of qmailtx and Twisted (each checked from its own directory up)."""
-    import twisted
-
-    import qmailtx
-
     return [sys.executable, os.path.realpath(sys.executable),
             os.path.realpath(qmailtx.__file__), os.path.realpath(twisted.__file__)]
 

@@ -8,6 +8,7 @@ must not import the queue's or delivery's modules.
 
 from twisted.internet.protocol import Factory
 
+from qmailtx.ipme import ipmeOrNone
 from qmailtx.smtp import SMTPServer
 from qmailtx.smtpsecure import SecureFactory
 
@@ -46,7 +47,6 @@ class SMTPFactory(SecureFactory, Factory):
         looked up again for each session until they can, as each qmail-smtpd looks them up.
         """
         if self.ipme is None:
-            from qmailtx.ipme import ipmeOrNone
             self.ipme = ipmeOrNone()
         return self.ipme
 

@@ -293,10 +293,7 @@ class RulesFactory(protocol.ServerFactory):
         a lost slot).
         """
         try:
-            if step is None:
-                self._decide(gate, env)
-            else:
-                step(gate, env, *args)
+            (step or self._decide)(gate, env, *args)
         except Exception:
             _log.failure("tcpserver: dropping connection", log_system=self.service)
             if not gate.handedOff:
