@@ -173,7 +173,8 @@ def remoteRows():
     return [Scenario(
         key="remote-relay-20c-1k",
         label=f"Remote relay to smtp-sink, concurrency {CONCURRENCY}, 1 KB",
-        unit="msg/s", measure=remoteRate, only=tuple(RELAYS), target=fasterBy(1.0))]
+        unit="msg/s", measure=remoteRate, only=tuple(RELAYS), target=fasterBy(1.0),
+        deletes=True)]
 
 
 def main(argv=None):

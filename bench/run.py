@@ -141,6 +141,15 @@ def runRounds(scenarios, peers, settings, rounds, samples):
                     + (f"  errors={sample.errors}" if sample.errors else ""))
 
 
+def runAllRounds(scenarios, peers, settings, rounds, samples):
+    """
+    L{runRounds} for the rows that only create files, then for those that delete many
+    (L{bench.scenarios.Scenario.deletes}), so no creating row follows a mass deletion.
+    """
+    runRounds([s for s in scenarios if not s.deletes], peers, settings, rounds, samples)
+    runRounds([s for s in scenarios if s.deletes], peers, settings, rounds, samples)
+
+
 def runOnce(scenarios, peers, settings, samples):
     """
     Measure each once-only scenario on each of its peers, restarted first so that nothing
@@ -227,7 +236,7 @@ def main(argv=None):
             return 1
         env = environment(peers, skipped, rounds)
         repeated = [s for s in scenarios if s.repeated]
-        runRounds(repeated, peers, settings, rounds, samples)
+        runAllRounds(repeated, peers, settings, rounds, samples)
         env["stored"] = checkStored(peers, repeated, samples)
         runOnce([s for s in scenarios if not s.repeated], peers, settings, samples)
     finally:

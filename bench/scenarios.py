@@ -61,6 +61,12 @@ class Scenario:
     @ivar measure: C{(peer, settings) -> Sample}.
     @ivar repeated: measured every round (True), or once on a fresh peer (False).
     @ivar only: names of the peers this row is for; empty means every peer.
+    @ivar deletes: the row deletes many files (it delivers, or removes a directory per
+        sample).  Such rows run in rounds of their own after every other row: on ext4
+        without a journal an inode freed in the last minute is skipped, checked one by one,
+        by every later allocation in its block group, so a row right after a mass deletion
+        measures that scan (twice as slow for qmailtx, which allocates three files per
+        message, as Postfix's one).
     @ivar target: C{(medians, errors) -> (passed, text)}, both dicts keyed by peer name;
         C{passed} is C{None} when the row could not be judged.
     """
@@ -72,6 +78,7 @@ class Scenario:
     repeated: bool = True
     only: tuple = ()
     target: Optional[Callable] = None
+    deletes: bool = False
 
 
 def batchSize(settings, clients, perConnection, size):
