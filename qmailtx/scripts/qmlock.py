@@ -4,7 +4,9 @@ one instance per NAME runs at a time, e.g. C{|preline qmlock list list-handler} 
 C{.qmail} file.
 
 Others wait, retrying every C{-r} seconds (default 1); a lock older than C{-t} seconds
-(default 3600, 0 = never) or whose holder has died is taken over.  Exits with COMMAND's
+(default 3600, 0 = never) or whose holder has died is taken over.  The holder renews its
+lock's time while COMMAND runs (L{renewEvery}), so a long COMMAND keeps it and only a holder
+that hangs or vanished without cleaning up loses it.  Exits with COMMAND's
 status, so its 0/99/100/111 keep their meaning for qmail-local; COMMAND killed or qmlock's
 own trouble is 111, usage 100.
 
@@ -26,6 +28,14 @@ from qmailtx.users import isTemporaryErrno
 
 USAGE = "qmlock: usage: qmailtx qmlock [-v] [-r SECS] [-t SECS] NAME COMMAND [ARGS...]\n"
 LOCK_DIR = ".qmlock"
+RENEW_LIMIT = 60.0
+"""Most seconds between two renewals of a held lock."""
+
+
+def renewEvery(staleAfter):
+    """Seconds between renewals: well inside C{-t}, so a waiter never sees a live lock
+    stale; C{None} when locks never go stale (C{-t 0})."""
+    return min(RENEW_LIMIT, staleAfter / 3) if staleAfter else None
 
 
 class Lock:
@@ -83,19 +93,38 @@ class Lock:
         finally:
             os.close(guardFd)
 
+    def renew(self):
+        """Set the lock's time to now, if it is still ours."""
+        self._whileOurs(lambda: os.utime(self.path))
+
     def release(self):
         """Remove the lock if it is still ours (it may have been taken over)."""
+        self._whileOurs(lambda: os.unlink(self.path))
+
+    def _whileOurs(self, act):
         guardFd = os.open(self.guard, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(guardFd, fcntl.LOCK_EX)
             try:
                 with open(self.path, "rb") as f:
                     if f.read(64) == self.token:
-                        os.unlink(self.path)
+                        act()
             except FileNotFoundError:
                 pass
         finally:
             os.close(guardFd)
+
+
+def waitRenewing(proc, lock, every):
+    """C{proc}'s status, renewing C{lock} every C{every} seconds meanwhile."""
+    while True:
+        try:
+            return proc.wait(every)
+        except subprocess.TimeoutExpired:
+            try:
+                lock.renew()
+            except OSError:
+                pass
 
 
 def lockPath(name):
@@ -139,7 +168,7 @@ def main(argv):
             sys.stderr.buffer.write(b"qmlock: fatal: unable to run " + os.fsencode(command[0])
                                     + b": " + errorStr(e.errno) + b"\n")
             return 111 if isTemporaryErrno(e.errno) else 100
-        status = proc.wait()
+        status = waitRenewing(proc, lock, renewEvery(stale))
     finally:
         try:
             lock.release()

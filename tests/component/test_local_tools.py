@@ -273,3 +273,24 @@ def test_qmlockUsage(tmp_path):
     """Missing NAME or COMMAND is usage (100)."""
     assert run(["qmlock", "list"], cwd=tmp_path).returncode == 100
     assert run(["qmlock", "-r", "x", "list", "true"], cwd=tmp_path).returncode == 100
+
+
+def test_qmlockKeepsLockWhileCommandRuns(tmp_path):
+    """A COMMAND running longer than -t keeps its lock: the holder renews it, so a second
+    qmlock waits instead of taking it over."""
+    log = tmp_path / "log"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def qmlock(seconds):
+        script = "echo start >> %s; sleep %s; echo end >> %s" % (log, seconds, log)
+        return subprocess.Popen([sys.executable, "-m", "qmailtx.scripts.main", "qmlock", "-t", "1",
+                                 "-r", "0.1", "list", "sh", "-c", script], cwd=tmp_path, env=env)
+
+    first = qmlock(3)
+    deadline = time.time() + 20
+    while not log.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)
+    second = qmlock(0)
+    assert [first.wait(30), second.wait(30)] == [0, 0]
+    assert log.read_text() == "start\nend\nstart\nend\n"
