@@ -7,7 +7,8 @@ FILE has lines C{address action}: the address is a full address or just the loca
 address make a multi-line file, in order.  C{#} starts a comment; C{#include <file>} reads
 another file (relative to the including one).  For a full address the local part is used,
 minus a leading C{<login>-} (a user's own addresses); a virtual domain's local parts are
-its extensions already.  A bare local part loses the same prefix.
+its extensions already.  A bare local part loses the same prefix; the login itself (alone
+or as a full address) is the user's own address, C{~/.qmail}.
 
 Every file written starts with L{MARKER}; C{dotqm} replaces and removes only such files, so a
 hand-written C{.qmail-x} is never touched (a conflict is an error).  Files are written to a
@@ -39,11 +40,29 @@ class DotqmError(Exception):
 
 
 def extFor(address, login):
-    """The extension an address maps to (lowercased, dots as colons: the file name's part)."""
+    """
+    The extension an address maps to (lowercased, dots as colons: the file name's part), or
+    C{b""} for the user's own address (C{~/.qmail}); C{None} for an empty local part.
+    """
     local = address[:address.rfind(b"@")] if b"@" in address else address
+    if not local:
+        return None
+    if login and local.lower() == login.lower():
+        return b""
     if login and local.lower().startswith(login.lower() + b"-"):
         local = local[len(login) + 1:]
-    return safeExt(local)
+    return safeExt(local) or None
+
+
+def dotqmailName(ext):
+    """The file an extension's lines go to: C{.qmail} for the user's own address."""
+    return b".qmail-" + ext if ext else b".qmail"
+
+
+def _isInclude(line):
+    """C{#include}, alone or followed by a blank or C{<}; C{#includes ...} is a comment."""
+    rest = line[len(b"#include"):]
+    return line.startswith(b"#include") and (not rest or rest[:1] in b" \t<")
 
 
 def parse(path, login, depth=0, into=None):
@@ -61,7 +80,7 @@ def parse(path, login, depth=0, into=None):
     for number, line in enumerate(data.split(b"\n"), 1):
         line = line.strip(b" \t\r")
         where = f"{os.fsdecode(path)}:{number}"
-        if line.startswith(b"#include"):
+        if _isInclude(line):
             name = line[len(b"#include"):].strip(b" \t")
             if name.startswith(b"<") and name.endswith(b">"):
                 name = name[1:-1]
@@ -77,7 +96,7 @@ def parse(path, login, depth=0, into=None):
             raise DotqmError(f"{where}: no action for {os.fsdecode(parts[0])}")
         address, action = parts
         ext = extFor(address, login)
-        if not ext or b"/" in ext or b"\0" in action:
+        if ext is None or b"/" in ext or b"\0" in action:
             raise DotqmError(f"{where}: unusable address {os.fsdecode(address)}")
         into.setdefault(ext, []).append(action)
     return into
@@ -105,7 +124,7 @@ def _writeAtomically(name, data):
 
 def update(home, files, say):
     """Write C{files} (ext -> lines) into C{home}; remove our files that are gone."""
-    wanted = {b".qmail-" + ext: MARKER + b"".join(a + b"\n" for a in lines)
+    wanted = {dotqmailName(ext): MARKER + b"".join(a + b"\n" for a in lines)
               for ext, lines in files.items()}
     for name in wanted:
         path = os.path.join(home, name)
@@ -125,7 +144,7 @@ def update(home, files, say):
             _writeAtomically(path, data)
             say(b"wrote " + name)
         for name in sorted(os.listdir(home)):
-            if name.startswith(b".qmail-") and name not in wanted and \
+            if (name == b".qmail" or name.startswith(b".qmail-")) and name not in wanted and \
                     _managed(os.path.join(home, name)):
                 os.unlink(os.path.join(home, name))
                 say(b"removed " + name)

@@ -4,6 +4,7 @@ The local-delivery tools as commands: newu, pw2u, preline, local (-n), dotqm, qm
 """
 
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -294,3 +295,23 @@ def test_qmlockKeepsLockWhileCommandRuns(tmp_path):
     second = qmlock(0)
     assert [first.wait(30), second.wait(30)] == [0, 0]
     assert log.read_text() == "start\nend\nstart\nend\n"
+
+
+def test_dotqmOwnAddressIsDotQmail(tmp_path):
+    """The login itself, bare or as a full address, is ~/.qmail (qmail-local's empty
+    extension), removed again when its lines go; a comment starting '#includes' is a comment."""
+    login = pwd.getpwuid(os.getuid()).pw_name
+    home = tmp_path / "h"
+    home.mkdir(mode=0o755)
+    rc = home / ".dotqmrc"
+    rc.write_bytes(b"#includes follow\n%s@example.org ./Maildir/\n%s &bob@x\n%s-list ./list/\n"
+                   % ((login.upper().encode(),) + (login.encode(),) * 2))
+    result = dotqm(home, rc)
+    assert result.returncode == 0, result.stderr
+    assert sorted(n for n in os.listdir(home) if n.startswith(".qmail")) == [".qmail", ".qmail-list"]
+    assert (home / ".qmail").read_bytes().endswith(b"\n./Maildir/\n&bob@x\n")
+    rc.write_bytes(b"%s-list ./list/\n" % login.encode())
+    assert dotqm(home, rc).returncode == 0
+    assert sorted(n for n in os.listdir(home) if n.startswith(".qmail")) == [".qmail-list"]
+    rc.write_bytes(b"@example.org ./Maildir/\n")
+    assert dotqm(home, rc).returncode == 100
