@@ -6,6 +6,7 @@ DIR/cur, each mode 0700; any of them existing is fatal (111), no argument is usa
 import os
 import sys
 
+from qmailtx.dotqmail import errorStr
 from qmailtx.maildir import SUBDIRS
 
 
@@ -13,14 +14,13 @@ def main(argv):
     if len(argv) != 2:
         sys.stderr.write("maildirmake: usage: maildirmake name\n")
         return 100
-    path = argv[1]
-    for target, shown in [(path, path)] + [(os.path.join(path, s.decode()), s.decode())
-                                           for s in SUBDIRS]:
+    path = os.fsencode(argv[1])
+    for target in [path] + [path + b"/" + s for s in SUBDIRS]:
         try:
             os.mkdir(target, 0o700)
         except OSError as e:
-            sys.stderr.write(f"maildirmake: fatal: unable to mkdir {shown}: "
-                             f"{os.strerror(e.errno).lower()}\n")
+            sys.stderr.buffer.write(b"maildirmake: fatal: unable to mkdir " + target + b": "
+                                    + errorStr(e.errno) + b"\n")
             return 111
     return 0
 

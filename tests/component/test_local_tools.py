@@ -315,3 +315,12 @@ def test_dotqmOwnAddressIsDotQmail(tmp_path):
     assert sorted(n for n in os.listdir(home) if n.startswith(".qmail")) == [".qmail-list"]
     rc.write_bytes(b"@example.org ./Maildir/\n")
     assert dotqm(home, rc).returncode == 100
+
+
+def test_maildirmakeSaysWhatQmailSays(tmp_path):
+    """An existing directory: qmail's error_str wording, exit 111; no name: usage, 100."""
+    assert run(["maildirmake", "M"], cwd=tmp_path).returncode == 0
+    result = run(["maildirmake", "M"], cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        111, b"maildirmake: fatal: unable to mkdir M: file already exists\n")
+    assert run(["maildirmake"], cwd=tmp_path).returncode == 100
