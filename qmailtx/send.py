@@ -158,6 +158,7 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
             LOCAL: Lane(LOCAL, LOCAL_SKIP, self.config.concurrency[LOCAL]),
             REMOTE: Lane(REMOTE, REMOTE_SKIP, self.config.concurrency[REMOTE]),
         }
+        self.logStatus()
         self.queue.addObserver(self.todoArrived)
         self._openTrigger()
         d = self._op(sendqueue.loadQueue, self.queueDir, self.spares)
