@@ -26,6 +26,7 @@ WRAPPERS = {
     "sendmail": ("sendmail", True),
     "preline": ("preline", False),
     "qmail-qread": ("qread", True),
+    "mailq": ("qread", True),
     "qmail-qstat": ("qstat", True),
     "maildirmake": ("maildirmake", False),
     "tcprules": ("tcprules", False),

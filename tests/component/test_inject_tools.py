@@ -266,6 +266,10 @@ def test_installCompatWrappers(root, tmp_path):
     assert stat.stdout == b"messages in queue: 2\nmessages in queue but not yet preprocessed: 2\n"
     result = run(["new"], cwd=str(elsewhere), command=[str(bindir / "maildirmake")])
     assert result.returncode == 0 and (elsewhere / "new" / "cur").is_dir()
+    mailq = run([], cwd=str(elsewhere), command=[str(bindir / "mailq")])
+    qread = run([], cwd=str(elsewhere), command=[str(bindir / "qmail-qread")])
+    assert (mailq.returncode, mailq.stdout, mailq.stderr) == (0, qread.stdout, qread.stderr)
+    assert b" qread --root " in (bindir / "mailq").read_bytes()
 
 
 def test_installCompatQueueWrapperFromQmailCaller(root, tmp_path):
