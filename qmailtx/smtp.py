@@ -15,7 +15,7 @@ from twisted.internet.protocol import Protocol
 
 from qmailtx import address, log
 from qmailtx.control import ControlError
-from qmailtx.results import TempFailure, smtpReply
+from qmailtx.results import PermFailure, TempFailure, smtpReply
 from qmailtx.smtpdata import HOP_LIMIT, BareLineFeed, DataReader
 from qmailtx.smtpsecure import SecureSession
 from qmailtx.writethrough import writeNow
@@ -319,6 +319,8 @@ class SMTPServer(SecureSession, Protocol):
         self._resetTransaction()
         try:
             writer = self.factory.queueFor(self.env).begin(b"from network")
+        except (TempFailure, PermFailure) as e:
+            writer = _RefusedWriter(e)
         except Exception as e:
             log.warning(f"smtp: cannot start queue: {e}")
             return self.reply(b"451 qqt failure (#4.3.0)")
@@ -425,6 +427,29 @@ class SMTPServer(SecureSession, Protocol):
     def do_QUIT(self, arg):
         self.reply(b"221 " + self._greeting())
         self._close()
+
+
+class _RefusedWriter:
+    """
+    The writer of a queue that answered at its start (a C{QMAILQUEUE} program that cannot
+    be executed): the message is read and dropped, and its end gets that answer, as
+    qmail-smtpd reports the program's exit after the dot.  Refusing DATA itself would make
+    a client that sends its body anyway have each line read as a command.
+    """
+
+    qp = 0
+
+    def __init__(self, failure):
+        self.failure = failure
+
+    def write(self, data):
+        pass
+
+    def commit(self, sender, recipients):
+        raise self.failure
+
+    def abort(self):
+        pass
 
 
 class _QueueBacklog:

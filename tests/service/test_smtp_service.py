@@ -372,8 +372,11 @@ def test_QMAILQUEUE_largeMessageRefusedBeforeCommitKeepsTheSession(qmailRoot, tm
             assert s.noop() == (250, b"ok")
 
 
-def test_queueProgramThatCannotStartIsQqtFailure(qmailRoot, tmp_path):
-    """DATA whose queue program cannot be run: 451 qqt failure, and the transaction is over."""
+def test_queueProgramThatCannotBeExecuted(qmailRoot, tmp_path):
+    """A QMAILQUEUE program that cannot be executed is qmail-queue's exit 120 after the dot:
+    354, the body read as a message (a command in it is never run), then 451 unable to exec
+    qq, and the transaction is over.  (451 qqt failure is for a queue that cannot be started
+    at all, as qmail-smtpd's failed pipe or fork: tests/protocol/test_smtp.py.)"""
     (qmailRoot / "rules" / "smtp").write_text(
         f'127.0.0.1:allow,RELAYCLIENT="",QMAILQUEUE="{tmp_path / "missing"}"\n')
     with Daemon(qmailRoot) as d:
@@ -381,7 +384,8 @@ def test_queueProgramThatCannotStartIsQqtFailure(qmailRoot, tmp_path):
         assert c.line() == b"220 mx.example.com ESMTP"
         for command, reply in ((b"MAIL FROM:<a@b.example>", b"250 ok"),
                                (b"RCPT TO:<c@d.example>", b"250 ok"),
-                               (b"DATA", b"451 qqt failure (#4.3.0)"),
+                               (b"DATA", b"354 go ahead"),
+                               (b"RCPT TO:<e@f.example>\r\n.", b"451 unable to exec qq (#4.3.0)"),
                                (b"DATA", b"503 MAIL first (#5.5.1)")):
             c.send(command + b"\r\n")
             assert c.line() == reply, command
