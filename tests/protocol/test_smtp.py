@@ -46,7 +46,7 @@ class FakeQueue:
     def begin(self, how):
         assert how == b"from network"
         if self.refuse:
-            raise TempFailure(b"qq trouble creating files in queue (#4.3.0)")
+            raise self.refuse
         w = FakeWriter(self)
         self.writers.append(w)
         return w
@@ -288,11 +288,24 @@ def test_queue_failures(root, failure, reply):
 
 
 def test_qqt_failure(root):
-    """The queue cannot be started: 451 qqt failure, and a new MAIL is needed."""
+    """The queue cannot be started (qmail-smtpd's pipe or fork failing): 451 qqt failure,
+    and a new MAIL is needed."""
     s = Session(root)
-    s.queue.refuse = True
+    s.queue.refuse = OSError(11, "Resource temporarily unavailable")
     s.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<x@example.com>\r\n")
     assert s.send(b"DATA\r\n") == b"451 qqt failure (#4.3.0)\r\n"
+    assert s.send(b"DATA\r\n") == b"503 MAIL first (#5.5.1)\r\n"
+
+
+def test_queueAnsweringAtItsStartAnswersAfterTheDot(root):
+    """A queue that fails with qmail-queue's answer as it starts (a program that cannot be
+    executed) takes the message and gives that answer at its end, as qmail-smtpd reports
+    the program's exit after the dot."""
+    s = Session(root)
+    s.queue.refuse = TempFailure(b"unable to exec qq (#4.3.0)")
+    s.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<x@example.com>\r\n")
+    assert s.send(b"DATA\r\n") == b"354 go ahead\r\n"
+    assert s.send(b"RSET\r\n.\r\n") == b"451 unable to exec qq (#4.3.0)\r\n"
     assert s.send(b"DATA\r\n") == b"503 MAIL first (#5.5.1)\r\n"
 
 
