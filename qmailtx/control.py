@@ -36,6 +36,12 @@ def parseInt(data):
     return int(line[:digits]) if digits else None
 
 
+def envUlong(value):
+    """An environment variable read as qmail's C{scan_ulong} reads it (DATABYTES): its
+    leading ASCII digits, 0 without any."""
+    return parseInt(value.encode("ascii", "replace")) or 0
+
+
 def parseList(data):
     """Every line, trailing whitespace stripped; empty lines and C{#} lines skipped."""
     out = []

@@ -12,7 +12,7 @@ import os
 
 from qmailtx import netstring
 from qmailtx.address import rcpthostsAllows
-from qmailtx.control import ControlError
+from qmailtx.control import ControlError, envUlong
 from qmailtx.qmqp import (
     ADDRESS_LIMIT, MAX_ENVELOPE, MAX_RECIPIENTS, MESSAGE_DATA, MESSAGE_START, PACKAGE_END,
     RECIPIENT, SENDER, PackageServer, PackageServerFactory, ResourceError)
@@ -161,9 +161,7 @@ class QMTPServer(PackageServer):
             self.closeSession()
             return
         if "DATABYTES" in self.env:
-            digits = self.env["DATABYTES"].encode("ascii", "replace")
-            n = len(digits) - len(digits.lstrip(b"0123456789"))
-            databytes = int(digits[:n]) if n else 0
+            databytes = envUlong(self.env["DATABYTES"])
         self._databytes = databytes
         relay = self.env.get("RELAYCLIENT")
         self._relayclient = None if relay is None else os.fsencode(relay)

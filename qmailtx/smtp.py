@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 
 from qmailtx import address, log
-from qmailtx.control import ControlError
+from qmailtx.control import ControlError, envUlong
 from qmailtx.results import PermFailure, TempFailure, smtpReply
 from qmailtx.smtpdata import HOP_LIMIT, BareLineFeed, DataReader
 from qmailtx.smtpsecure import SecureSession
@@ -82,7 +82,7 @@ class SMTPServer(SecureSession, Protocol):
         if databytes is None:
             self.databytes = c.databytes
         else:
-            self.databytes = int(databytes) if databytes.isdigit() else 0
+            self.databytes = envUlong(databytes)
         self._buffer = b""
         self._state = _COMMAND
         self._blocked = False

@@ -332,6 +332,16 @@ def test_DATABYTES_env_overrides(root):
     assert s.lines(b"EHLO x\r\n")[-1] == b"250 SIZE 0"
 
 
+@pytest.mark.parametrize("value, size", [("12abc", b"12"), ("50 ", b"50"), ("\u00b2", b"0"),
+                                         ("", b"0")])
+def test_DATABYTES_env_read_as_scan_ulong(root, value, size):
+    """DATABYTES is read as qmail-smtpd's scan_ulong reads it: its leading ASCII digits, 0
+    (no limit) without any; a digit that is not ASCII is not one (it used to drop the
+    session with a traceback)."""
+    s = Session(root, {"DATABYTES": value})
+    assert s.lines(b"EHLO x\r\n")[-1] == b"250 SIZE " + size
+
+
 def test_hop_limit(root):
     """100 Received/Delivered lines: 554 too many hops; 99 are fine."""
     for count, reply in ((99, b"250 ok 1732217160 qp 4711"),
