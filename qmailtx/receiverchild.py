@@ -116,6 +116,18 @@ class _Adopting(Factory):
         return protocol
 
 
+def sessionOf(transport):
+    """
+    The adopted session protocol of C{transport}, or C{None} if the factory built none.  An
+    implicit-TLS session (SMTPS) starts TLS as it connects, so the connection's protocol is
+    then the TLS layer wrapping it; early bytes go to that layer, the counts to the session.
+    """
+    protocol = getattr(transport, "protocol", None)
+    while protocol is not None and not hasattr(protocol, "receiverConnection"):
+        protocol = getattr(protocol, "wrappedProtocol", None)
+    return protocol
+
+
 class Receiver:
     """The sessions of one receiver process, fed by the channel from the daemon."""
 
@@ -146,9 +158,9 @@ class Receiver:
             self._adopt(json.loads(body.decode("utf-8", "surrogateescape")), fds)
         elif kind == b"E":
             number, _, data = body.partition(b" ")
-            protocol = self.protocols.get(int(number))
-            if protocol is not None and protocol.connected:
-                protocol.dataReceived(data)
+            adopted = self.protocols.get(int(number))
+            if adopted is not None and adopted[0].connected:
+                adopted[1].protocol.dataReceived(data)
         elif kind == b"A" and self.throttle is not None:
             self.throttle.heard(body.decode("ascii", "replace"))
         elif kind == b"S" and self.spares is not None:
@@ -168,11 +180,11 @@ class Receiver:
             sys.stderr.write(f"unable to take connection {number}: {e}\n")
             self.channel.send(b"X%d" % number)
             return
-        protocol = getattr(transport, "protocol", None)
-        if protocol is None or not hasattr(protocol, "receiverConnection"):
+        protocol = sessionOf(transport)
+        if protocol is None:
             self.channel.send(b"X%d" % number)
             return
-        self.protocols[number] = protocol
+        self.protocols[number] = (protocol, transport)
 
     def channelClosed(self):
         """The daemon is gone or stopping: finish by ending the reactor."""

@@ -370,10 +370,15 @@ class RulesFactory(protocol.ServerFactory):
         if self.maxPerIP:
             inner.tcpserverPeerIP = ip
         gate.handedOff = True
-        if getattr(transport, "protocol", None) is gate:
+        direct = getattr(transport, "protocol", None) is gate
+        if direct:
             transport.protocol = inner
         elif getattr(transport, "wrappedProtocol", None) is gate:
             transport.wrappedProtocol = inner
         inner.makeConnection(transport)
         if gate.early and inner.connected:
-            inner.dataReceived(gate.early)
+            # An implicit-TLS session layers TLS under itself as it connects: then the early
+            # bytes (its ClientHello) go to that layer, which now receives the connection's.
+            layer = transport.protocol if direct else None
+            tls = getattr(layer, "wrappedProtocol", None) is inner
+            (layer if tls else inner).dataReceived(gate.early)

@@ -266,3 +266,45 @@ def test_swaks_interop(site, listener, how, auth):
     assert envelope == b"Fjoe@mx.example.com\0Tx@far.example\0\0"
     assert re.search(rb"\(HELO swaks\.example\) \(joe@127\.0\.0\.1\)\n  by 127\.0\.0\.1 "
                      rb"with ESMTPSA \([A-Z0-9_-]+ encrypted\); ", message)
+
+
+def tlsGreeting(port, timeout=10):
+    """The first line an implicit-TLS client reads, or the exception that stopped it."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        with clientContext().wrap_socket(raw) as s:
+            return s.recv(200).split(b"\r\n")[0]
+    except (OSError, ssl.SSLError) as e:
+        raw.close()
+        return e
+
+
+@pytest.mark.parametrize("receivers", [0, 1], ids=["daemon", "receiver"])
+def test_smtps_sessions_count_against_maxperip(qmailRoot, receivers):
+    """
+    SMTPS sessions count for --maxperip in a receiver as in the daemon: a receiver used to
+    miss its TLS-wrapped session and report it closed at once.  A client admitted the
+    moment the held session ends (its ClientHello already waiting) completes its handshake:
+    the early bytes go to the TLS layer, not to SMTP as plaintext.
+    """
+    with Daemon(qmailRoot, listeners=("smtp", "smtps"),
+                extra=["--maxperip", "smtps=1", "--receivers", str(receivers),
+                       "--checkpassword", "/bin/false"]) as d:
+        time.sleep(0.5)  # let the daemon see the start-up probe connections close
+        port = d.ports["smtps"]
+        held = clientContext().wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+        assert held.recv(200).startswith(b"220 mx.example.com ESMTP")
+        assert not isinstance(tlsGreeting(port), bytes)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        waiting = clientContext().wrap_socket(raw, do_handshake_on_connect=False)
+        waiting.setblocking(False)
+        try:
+            waiting.do_handshake()  # sends the ClientHello, then would block
+        except ssl.SSLWantReadError:
+            pass
+        time.sleep(0.02)
+        held.close()
+        waiting.settimeout(10)
+        waiting.do_handshake()
+        assert waiting.recv(200).startswith(b"220 mx.example.com ESMTP")
+        waiting.close()
