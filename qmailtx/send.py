@@ -144,8 +144,14 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
             config = SendControls(self.controls)
         except (ControlError, ValueError, OSError):
             return "unable to read controls"
-        if not self._lockMutex():
-            return "qmail-send is already running"
+        why = self._lockMutex()
+        if why is not None:
+            return why
+        unreadable = sendqueue.unreadableQueue(self.queueDir)
+        if unreadable is not None:
+            os.close(self._mutexFd)
+            self._mutexFd = None
+            return "unable to read the queue: " + unreadable
         self.config = config
         return None
 
@@ -167,22 +173,28 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
     def _refuse(self, why):
         log.alert("cannot start: " + why)
         self.running = False
+        if self._mutexFd is not None:
+            os.close(self._mutexFd)
+            self._mutexFd = None
         if getattr(self.reactor, "running", False):
             self.reactor.stop()
 
     def _lockMutex(self):
+        """Take C{lock/sendmutex}: C{None}, or qmail-send's reason for not starting."""
+        if not os.path.isdir(self.queueDir):
+            return "unable to switch to queue directory"
         name = os.path.join(self.queueDir, "lock", "sendmutex")
         try:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError:
-            return False
+            return "unable to open mutex"
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            return False
+            return "qmail-send is already running"
         self._mutexFd = fd
-        return True
+        return None
 
     def _cbLoaded(self, result):
         messages, warnings = result
@@ -203,8 +215,7 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
             self._loops.append(loop)
 
     def _ebLoaded(self, failure):
-        log.alert("cannot start: unable to read the queue: " + failure.getErrorMessage())
-        self._refuse("unable to read the queue")
+        self._refuse("unable to read the queue: " + failure.getErrorMessage())
 
     def stopService(self):
         """SIGTERM: start nothing new, wait for running deliveries, persist the schedule."""

@@ -145,6 +145,20 @@ def loadMessage(queueDir, msgid):
     return message
 
 
+def unreadableQueue(queueDir):
+    """
+    Why L{loadQueue} would fail (C{"todo/: not a directory"}), or C{None}: the directories
+    it lists opened, not read, so that a daemon that could not load its queue refuses to
+    start before it listens instead of after.
+    """
+    for name in ["todo"] + [os.path.join("info", str(i)) for i in range(SPLIT)]:
+        try:
+            os.close(os.open(os.path.join(queueDir, name), os.O_RDONLY | os.O_DIRECTORY))
+        except OSError as e:
+            return f"{name}/: {os.strerror(e.errno).lower()}"
+    return None
+
+
 def loadQueue(queueDir, spares=None):
     """
     Every preprocessed message (an C{info} without a C{todo}) as L{QueuedMessage}s, and

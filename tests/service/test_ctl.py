@@ -5,6 +5,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.service.daemon import REPO
 
 
@@ -103,6 +105,28 @@ def test_portInUseRefuses(daemon, tmp_path):
     assert f"alert: cannot start: unable to listen for smtp on tcp:{daemon.port}" in log
     assert "qmailtx: cannot start: unable to listen" in log and "Traceback" not in log
     assert not os.path.exists(tmp_path / "other" / "run" / "qmailtx.pid")
+
+
+@pytest.mark.parametrize("breakQueue, reason", [
+    (lambda queue: (os.rmdir(queue / "todo"), (queue / "todo").write_bytes(b"")),
+     "unable to read the queue: todo/: not a directory"),
+    (lambda queue: os.rename(queue / "lock", queue / "lock.away"), "unable to open mutex"),
+], ids=["todo-a-file", "no-lock-dir"])
+def test_unusableQueueRefusesBeforeListening(qmailRoot, breakQueue, reason):
+    """A queue qmail-send cannot load or lock ends the start as controls it cannot read
+    do: exit 111, qmail-send's alert once, before any listener takes a connection."""
+    from tests.service.daemon import Daemon
+
+    breakQueue(qmailRoot / "queue")
+    daemon = Daemon(qmailRoot)
+    daemon.start(wait=False)
+    try:
+        assert daemon.process.wait(20) == 111
+    finally:
+        daemon.kill()
+    log = daemon.log()
+    assert log.count("alert: cannot start: ") == 1 and f"alert: cannot start: {reason}" in log
+    assert "listening on" not in log and "status: exiting" not in log and "Traceback" not in log
 
 
 def test_stalePidFileIsNotSignalled(qmailRoot):
