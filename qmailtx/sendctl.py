@@ -11,6 +11,7 @@ listeners too.  Writes only C{ROOT/run/}; must not import queue or delivery code
 import os
 
 from twisted.application import service
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineOnlyReceiver
 
@@ -21,6 +22,8 @@ PID_FILE = "qmailtx.pid"
 SOCKET = "ctl"
 COMMAND_LIMIT = 64
 """Longest control command line."""
+SETUP_RETRY = 60.0
+"""Seconds between attempts to set up C{run/} after one failed (a full disk at start)."""
 
 
 def runPath(root, name):
@@ -71,14 +74,22 @@ class ControlService(service.Service):
         self.sender = sender
         self.reactor = reactor
         self.port = None
+        self._retry = None
+        self._failed = False
 
     def startService(self):
         service.Service.startService(self)
+        self._setUp()
+
+    def _setUp(self):
+        """Pid file and socket; on trouble, warn once and try again every L{SETUP_RETRY}
+        seconds, so that ctl reaches the daemon once the disk has room again."""
+        self._retry = None
         run = os.path.join(self.root, RUN_DIR)
+        tmp = runPath(self.root, PID_FILE + ".tmp")
         try:
             os.makedirs(run, 0o700, exist_ok=True)
             os.chmod(run, 0o700)
-            tmp = runPath(self.root, PID_FILE + ".tmp")
             with open(tmp, "w") as f:
                 f.write(f"{os.getpid()}\n")
             os.rename(tmp, runPath(self.root, PID_FILE))
@@ -88,12 +99,28 @@ class ControlService(service.Service):
             factory = Factory.forProtocol(ControlProtocol)
             factory.sender = self.sender
             self.port = self.reactor.listenUNIX(sock, factory, mode=0o600)
-        except OSError as e:
-            log.warning(f"unable to set up {run}: {e.strerror}; qmailtx ctl will not reach "
-                        "this daemon")
+        except (OSError, CannotListenError) as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if not self._failed:
+                why = getattr(e, "strerror", None) or str(e)
+                log.warning(f"unable to set up {run}: {why}; qmailtx ctl will not reach "
+                            f"this daemon until it can (trying every {SETUP_RETRY:.0f} s)")
+            self._failed = True
+            if self.running:
+                self._retry = self.reactor.callLater(SETUP_RETRY, self._setUp)
+            return
+        if self._failed:
+            self._failed = False
+            log.event(f"{run} set up: qmailtx ctl reaches this daemon")
 
     def stopService(self):
         service.Service.stopService(self)
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
         try:
             os.unlink(runPath(self.root, PID_FILE))
         except OSError:
