@@ -20,6 +20,10 @@ DRAIN_LIMIT = 4.0
 """Seconds a receiver's L{Commits.close} waits: a commit takes milliseconds, so only a disk
 or a queue program that hangs reaches it; below the receivers' stop grace
 (L{qmailtx.receiver.STOP_GRACE}), after which the daemon kills them."""
+OPEN_MESSAGE_WAIT = 4.0
+"""Seconds a stop waits for messages still arriving (DATA begun, end not yet seen): their
+clients get qq shutting down at their end instead of a dropped connection; a client slower
+than this is dropped, and sends the message again later."""
 DAEMON_DRAIN_LIMIT = 60.0
 """Seconds the daemon waits for its own listeners' commits.  A hung disk holds its stop
 anyway (the flusher answers what it was asked); this bounds a QMAILQUEUE program or a null
@@ -33,6 +37,8 @@ class Commits:
         self.reactor = reactor
         self.closed = False
         self._inFlight = 0
+        self._open = set()
+        self._openTimer = None
         self._drainWaiters = []
 
     def watch(self, queue):
@@ -47,11 +53,14 @@ class Commits:
         with a warning.
         """
         self.refuse()
-        if not self._inFlight:
+        if not self._inFlight and not self._open:
             return succeed(None)
         d = Deferred()
         timer = None if limit is None else self.reactor.callLater(limit, self._gaveUp, d)
         self._drainWaiters.append((d, timer))
+        if self._open and self._openTimer is None:
+            wait = OPEN_MESSAGE_WAIT if limit is None else min(OPEN_MESSAGE_WAIT, limit)
+            self._openTimer = self.reactor.callLater(wait, self._forgetOpen)
         return d
 
     def refuse(self):
@@ -69,6 +78,24 @@ class Commits:
         d.addBoth(self._ended)
         return d
 
+    def _opened(self, writer):
+        self._open.add(writer)
+
+    def _settled(self, writer):
+        """C{writer} committed or aborted: no longer a message being received."""
+        if writer in self._open:
+            self._open.discard(writer)
+            self._checkDrained()
+
+    def _forgetOpen(self):
+        """Messages still arriving when L{OPEN_MESSAGE_WAIT} is up are not waited for."""
+        self._openTimer = None
+        if self._open:
+            log.warning(f"stopping while {len(self._open)} messages are still arriving; "
+                        "their clients will send them again")
+            self._open.clear()
+            self._checkDrained()
+
     def _commit(self, writer, sender, recipients):
         if self.closed:
             writer.abort()
@@ -77,16 +104,22 @@ class Commits:
 
     def _ended(self, result):
         self._inFlight -= 1
-        if not self._inFlight and self._drainWaiters:
+        self._checkDrained()
+        return result
+
+    def _checkDrained(self):
+        if not self._inFlight and not self._open and self._drainWaiters:
             # The answer is written by a callback after this one, and a buffered write
             # leaves on the reactor's next pass over its sockets, which runs after the
             # timed calls of its turn: fire from the turn after that.
             self.reactor.callLater(0, self.reactor.callLater, 0, self._drained)
-        return result
 
     def _drained(self):
-        if self._inFlight:
+        if self._inFlight or self._open:
             return
+        if self._openTimer is not None and self._openTimer.active():
+            self._openTimer.cancel()
+        self._openTimer = None
         waiters, self._drainWaiters = self._drainWaiters, []
         for d, timer in waiters:
             if timer is not None and timer.active():
@@ -115,14 +148,22 @@ class _WatchedQueue:
 
 
 class _WatchedWriter:
-    """A writer whose C{commit()} is counted (L{Commits}); anything else is the writer's."""
+    """A writer counted as a message being received until its C{commit()} (then counted as a
+    commit in flight) or C{abort()} (L{Commits}); anything else is the writer's."""
 
     def __init__(self, writer, commits):
         self._writer = writer
         self._commits = commits
+        if not commits.closed:
+            commits._opened(self)
 
     def commit(self, sender, recipients):
+        self._commits._settled(self)
         return self._commits._commit(self._writer, sender, recipients)
+
+    def abort(self):
+        self._commits._settled(self)
+        return self._writer.abort()
 
     def __getattr__(self, name):
         return getattr(self._writer, name)

@@ -9,7 +9,10 @@ import smtplib
 import threading
 import time
 
+import pytest
+
 from tests.service.daemon import Daemon
+from tests.service.test_smtp_service import RawClient
 
 
 def waitFor(predicate, timeout=15.0):
@@ -65,3 +68,30 @@ def test_secondSignalDuringTheDrain(qmailRoot, tmp_path):
     log = d.log()
     assert replies and replies[0][0] == 250, (replies, log[-2000:])
     assert "Traceback" not in log and "ReactorNotRunning" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("receivers", [0, 1], ids=["daemon", "receiver"])
+def test_messageArrivingAtTheStopIsAnswered(qmailRoot, receivers):
+    """
+    SIGTERM while a client is in the middle of DATA, with nothing else in flight: the stop
+    waits for the message's end and answers it 451 qq shutting down, as the README says,
+    instead of dropping the connection (the client would not know whether it was queued).
+    """
+    d = Daemon(qmailRoot, extra=["--receivers", str(receivers)]).start()
+    try:
+        if receivers:
+            waitFor(lambda: "receiver 1: ready" in d.log())
+        c = RawClient(d.port)
+        assert c.line().startswith(b"220 ")
+        c.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<postmaster@mx.example.com>\r\nDATA\r\n")
+        assert [c.line() for _ in range(3)] == [b"250 ok", b"250 ok", b"354 go ahead"]
+        c.send(b"Subject: half\r\n\r\nfirst part\r\n")
+        time.sleep(0.2)
+        d.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        c.send(b"second part\r\n.\r\n")
+        assert c.line() == b"451 qq shutting down, try again later (#4.3.2)"
+        assert d.process.wait(15) == -signal.SIGTERM
+    finally:
+        d.stop()
+    assert "Traceback" not in d.log()

@@ -131,3 +131,45 @@ def test_trackedWorkIsWaitedForAndNeverRefused():
     late.callback(0)
     clock.advance(0)
     assert closed.called
+
+
+def test_closeWaitsForMessagesStillArriving():
+    """
+    A message begun but not yet ended when the stop begins is waited for: its end gets
+    qq shutting down (not a dropped connection), and close() fires after that answer;
+    one whose client goes away (abort) is not waited for either.
+    """
+    clock = task.Clock()
+    commits = Commits(clock)
+    watched = commits.watch(FakeQueue())
+    arriving, dropped = watched.begin(b"from network"), watched.begin(b"from network")
+    closed = commits.close(limit=60)
+    clock.advance(1)
+    assert not closed.called
+    dropped.abort()
+    refused = failureOf(arriving.commit(b"a", [b"b"]))
+    assert refused.text == b"qq shutting down, try again later (#4.3.2)"
+    assert not closed.called
+    clock.advance(0)
+    clock.advance(0)
+    assert closed.called and clock.getDelayedCalls() == []
+
+
+def test_closeStopsWaitingForSlowMessages(qmailLines):
+    """A client still sending after OPEN_MESSAGE_WAIT is not waited for any longer (it sends
+    the message again later), even under a longer limit for commits in flight."""
+    from qmailtx.commits import OPEN_MESSAGE_WAIT
+
+    clock = task.Clock()
+    commits = Commits(clock)
+    slow = commits.watch(FakeQueue()).begin(b"from network")
+    closed = commits.close(limit=60)
+    clock.advance(OPEN_MESSAGE_WAIT - 0.1)
+    assert not closed.called
+    clock.advance(0.1)
+    clock.advance(0)
+    clock.advance(0)
+    assert closed.called
+    assert qmailLines == ["warning: stopping while 1 messages are still arriving; their "
+                          "clients will send them again"]
+    assert failureOf(slow.commit(b"a", [b"b"])).text == b"qq shutting down, try again later (#4.3.2)"
