@@ -184,6 +184,8 @@ class SMTPServer(SecureSession, Protocol):
             self._command(line)
 
     def _command(self, line):
+        # qmail-smtpd parses a command as a C string: it ends at a NUL.
+        line = line.split(b"\0", 1)[0]
         if self.sasl is not None:
             return self.saslLine(line)
         sp = line.find(b" ")

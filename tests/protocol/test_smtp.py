@@ -433,3 +433,14 @@ def test_output_backpressure_outlasts_a_commit(root):
     assert s.transport.producerState == "paused"
     s.proto.resumeProducing()
     assert s.transport.producerState == "producing"
+
+
+def test_commandEndsAtNul(root):
+    """A command is read as qmail-smtpd reads it, as a C string ending at its first NUL: a
+    NUL never reaches an address (which the queue would refuse at DATA, for ever)."""
+    s = Session(root)
+    assert s.send(b"NOOP\0x\r\n") == b"250 ok\r\n"
+    s.send(b"MAIL FROM:<a@b.example>\0junk\r\nRCPT TO:<x@example.com>\0<y@example.com>\r\n"
+           b"DATA\r\n")
+    assert s.send(b"hi\r\n.\r\n") == b"250 ok 1732217160 qp 4711\r\n"
+    assert s.queue.writers[0].envelope == (b"a@b.example", [b"x@example.com"])
