@@ -39,17 +39,16 @@ class ProgramQueue:
     def begin(self, how):
         """
         Start the program; C{how} is not passed on (a queue program judges its caller
-        by uid).  Raises L{TempFailure} C{unable to exec qq} if it cannot be started.
+        by uid).  Raises L{TempFailure} C{unable to exec qq} (its exit 120, which SMTP
+        reports after the dot) if it cannot be executed, and C{OSError} if no process
+        could be made (qmail-smtpd's failed pipe or fork: C{qqt failure} at DATA).
         """
         if not os.access(self.program, os.X_OK):
             raise _failureFor(120)
         protocol = _QueueProgramProtocol()
-        try:
-            transport = self._reactor.spawnProcess(
-                protocol, self.program, self.args, env=self.env, path=self.root,
-                childFDs={0: "w", 1: "w", 2: 2, 6: "r"})
-        except OSError:
-            raise _failureFor(120)
+        transport = self._reactor.spawnProcess(
+            protocol, self.program, self.args, env=self.env, path=self.root,
+            childFDs={0: "w", 1: "w", 2: 2, 6: "r"})
         return ProgramWriter(protocol, transport)
 
 

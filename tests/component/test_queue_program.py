@@ -158,3 +158,15 @@ class ProgramQueueTests(QueueTestBase):
         with self.assertRaises(TempFailure) as e:
             self.queue(path).begin(b"from network")
         self.assertEqual(e.exception.text, b"unable to exec qq (#4.3.0)")
+
+    def test_noProcessIsNotAnExitCode(self):
+        """A process that cannot be made at all (spawnProcess's OSError: out of processes or
+        descriptors) is not the program's exit 120: it reaches the listener as it is, which
+        answers qmail-smtpd's 'qqt failure' at DATA."""
+        queue = self.queue(self.script("exit 0"))
+
+        def noFork(*args, **kwargs):
+            raise OSError(11, "Resource temporarily unavailable")
+        queue._reactor = type("NoForkReactor", (), {"spawnProcess": staticmethod(noFork)})()
+        with self.assertRaises(OSError):
+            queue.begin(b"from network")
