@@ -6,7 +6,8 @@ C{.qmail} file.
 Others wait, retrying every C{-r} seconds (default 1); a lock older than C{-t} seconds
 (default 3600, 0 = never) or whose holder has died is taken over.  The holder renews its
 lock's time while COMMAND runs (L{renewEvery}), so a long COMMAND keeps it and only a holder
-that hangs or vanished without cleaning up loses it.  Exits with COMMAND's
+that hangs itself or vanished without cleaning up loses it: a COMMAND that hangs keeps its
+lock until something kills it (in a C{.qmail} line, the delivery's program timeout).  Exits with COMMAND's
 status, so its 0/99/100/111 keep their meaning for qmail-local; COMMAND killed or qmlock's
 own trouble is 111, usage 100.
 
@@ -21,6 +22,7 @@ import getopt
 import os
 import subprocess
 import sys
+import threading
 import time
 
 from qmailtx.dotqmail import errorStr
@@ -116,15 +118,27 @@ class Lock:
 
 
 def waitRenewing(proc, lock, every):
-    """C{proc}'s status, renewing C{lock} every C{every} seconds meanwhile."""
-    while True:
-        try:
-            return proc.wait(every)
-        except subprocess.TimeoutExpired:
+    """
+    C{proc}'s status, renewing C{lock} every C{every} seconds meanwhile from a thread, so
+    that the wait itself blocks in waitpid (a wait with a timeout polls every 50 ms).
+    """
+    if every is None:
+        return proc.wait()
+    done = threading.Event()
+
+    def renew():
+        while not done.wait(every):
             try:
                 lock.renew()
             except OSError:
                 pass
+    renewer = threading.Thread(target=renew, daemon=True)
+    renewer.start()
+    try:
+        return proc.wait()
+    finally:
+        done.set()
+        renewer.join()
 
 
 def lockPath(name):
