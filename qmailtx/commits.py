@@ -1,12 +1,14 @@
 """
-The listeners' commits in flight: what a stopping daemon or receiver waits for before the
-reactor drops its connections.
+The listeners' commits in flight, and their messages still arriving: what a stopping daemon
+or receiver waits for before the reactor drops its connections.
 
 A commit in flight may already be queued (its C{todo/} link made, a QMAILQUEUE program or a
 null client's QMQP server holding the message): dropped before its answer, the client sends
-the message again.  L{Commits} sees every commit the listeners and the queue socket make,
-whichever queue takes it, refuses new ones once closed, and fires when the last one has
-answered.  Delivery's own commits (bounces) do not pass here: qmail-send finishes them itself.
+the message again.  A message still arriving is waited for briefly (L{OPEN_MESSAGE_WAIT}) so
+that its client hears C{qq shutting down} instead of a dropped connection.  L{Commits} sees
+every message the listeners and the queue socket begin and commit, whichever queue takes it,
+refuses new commits once closed, and fires when the last one has answered.  Delivery's own
+commits (bounces) do not pass here: qmail-send finishes them itself.
 
 Must not import protocol, delivery or queue-file modules.
 """
@@ -18,9 +20,10 @@ from qmailtx.results import QQ_SHUTTING_DOWN, fromReport
 
 DRAIN_LIMIT = 4.0
 """Seconds a receiver's L{Commits.close} waits: a commit takes milliseconds, so only a disk
-or a queue program that hangs reaches it; below the receivers' stop grace
-(L{qmailtx.receiver.STOP_GRACE}), after which the daemon kills them."""
-OPEN_MESSAGE_WAIT = 4.0
+or a queue program that hangs reaches it (slow clients are given up on sooner,
+L{OPEN_MESSAGE_WAIT}); below the receivers' stop grace (L{qmailtx.receiver.STOP_GRACE}),
+after which the daemon kills them."""
+OPEN_MESSAGE_WAIT = 3.5
 """Seconds a stop waits for messages still arriving (DATA begun, end not yet seen): their
 clients get qq shutting down at their end instead of a dropped connection; a client slower
 than this is dropped, and sends the message again later."""
@@ -31,7 +34,7 @@ client's QMQP server that never answers."""
 
 
 class Commits:
-    """The commits in flight of the queues handed out by L{watch}."""
+    """The commits in flight, and messages still arriving, of the queues handed out by L{watch}."""
 
     def __init__(self, reactor):
         self.reactor = reactor
@@ -48,7 +51,8 @@ class Commits:
     def close(self, limit=DRAIN_LIMIT):
         """
         Take no more commits; the Deferred fires once the last commit in flight has
-        answered and the reactor has made one pass over its sockets since (so an answer a
+        answered, and every message still arriving has ended (or L{OPEN_MESSAGE_WAIT} is
+        up), and the reactor has made one pass over its sockets since (so an answer a
         transport buffered leaves first), or after C{limit} seconds (C{None}: no limit)
         with a warning.
         """
@@ -128,8 +132,9 @@ class Commits:
 
     def _gaveUp(self, d):
         self._drainWaiters = [(w, t) for w, t in self._drainWaiters if w is not d]
-        log.warning("stopping with messages still being queued; their clients may send "
-                    "them again")
+        if self._inFlight:
+            log.warning("stopping with messages still being queued; their clients may send "
+                        "them again")
         d.callback(None)
 
 
