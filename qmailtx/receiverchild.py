@@ -136,7 +136,7 @@ class Receiver:
         self.factories = factories
         self.throttle = throttle
         self.spares = spares
-        self.protocols = {}
+        self.transports = {}
         self._classes = {}
         self.channel = Channel(sock, reactor, self.packet, self.channelClosed)
         if throttle is not None:
@@ -149,7 +149,7 @@ class Receiver:
             self.channel.send(b"Q" + b" ".join(b"%d" % msgid for msgid in chunk))
 
     def closed(self, number):
-        self.protocols.pop(number, None)
+        self.transports.pop(number, None)
         self.channel.send(b"X%d" % number)
 
     def packet(self, packet, fds):
@@ -158,9 +158,9 @@ class Receiver:
             self._adopt(json.loads(body.decode("utf-8", "surrogateescape")), fds)
         elif kind == b"E":
             number, _, data = body.partition(b" ")
-            adopted = self.protocols.get(int(number))
-            if adopted is not None and adopted[0].connected:
-                adopted[1].protocol.dataReceived(data)
+            transport = self.transports.get(int(number))
+            if transport is not None and transport.connected:
+                transport.protocol.dataReceived(data)
         elif kind == b"A" and self.throttle is not None:
             self.throttle.heard(body.decode("ascii", "replace"))
         elif kind == b"S" and self.spares is not None:
@@ -184,7 +184,7 @@ class Receiver:
         if protocol is None:
             self.channel.send(b"X%d" % number)
             return
-        self.protocols[number] = (protocol, transport)
+        self.transports[number] = transport
 
     def channelClosed(self):
         """The daemon is gone or stopping: finish by ending the reactor."""

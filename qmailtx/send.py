@@ -125,7 +125,8 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
         sent the moment the port answers must not meet SIGALRM's default action, which
         kills the daemon.
 
-        @raise StartRefused: controls unreadable, or another qmail-send holds the root.
+        @raise StartRefused: controls unreadable; no queue, or a mutex that cannot be
+            opened or that another qmail-send holds; a queue that could not be loaded.
         """
         service.Service.privilegedStartService(self)
         why = self._claim()
@@ -137,7 +138,8 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
             signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.reload))
 
     def _claim(self):
-        """The controls and the mutex, once; the reason it cannot start, or C{None}."""
+        """The controls, the mutex and a readable queue, once; the reason it cannot
+        start, or C{None}."""
         if self._mutexFd is not None:
             return None
         try:
@@ -149,8 +151,7 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
             return why
         unreadable = sendqueue.unreadableQueue(self.queueDir)
         if unreadable is not None:
-            os.close(self._mutexFd)
-            self._mutexFd = None
+            self._unlockMutex()
             return "unable to read the queue: " + unreadable
         self.config = config
         return None
@@ -173,11 +174,14 @@ class Sender(TodoIntake, Completion, DeliveryPasses, service.Service):
     def _refuse(self, why):
         log.alert("cannot start: " + why)
         self.running = False
+        self._unlockMutex()
+        if getattr(self.reactor, "running", False):
+            self.reactor.stop()
+
+    def _unlockMutex(self):
         if self._mutexFd is not None:
             os.close(self._mutexFd)
             self._mutexFd = None
-        if getattr(self.reactor, "running", False):
-            self.reactor.stop()
 
     def _lockMutex(self):
         """Take C{lock/sendmutex}: C{None}, or qmail-send's reason for not starting."""

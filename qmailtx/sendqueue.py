@@ -1,7 +1,8 @@
 """
 qmail-send's view of a queued message's files (spec/queue.md §4–8): where each kind lives
 (L{path}), the records of a preprocessed message (L{QueuedMessage}, L{Record}), reading the
-queue back at start (L{loadQueue}) and a message for its bounce, and recording delivery
+queue back at start (L{loadQueue}, checked first by L{unreadableQueue}) and a message for its
+bounce, and recording delivery
 results in place: a channel record marked done, a failure appended to C{bounce/}.
 
 Blocking file work that L{qmailtx.send.Sender} runs in a thread, so the reactor never waits

@@ -439,8 +439,6 @@ class _RefusedWriter:
     a client that sends its body anyway have each line read as a command.
     """
 
-    qp = 0
-
     def __init__(self, failure):
         self.failure = failure
 

@@ -379,6 +379,8 @@ class RulesFactory(protocol.ServerFactory):
         if gate.early and inner.connected:
             # An implicit-TLS session layers TLS under itself as it connects: then the early
             # bytes (its ClientHello) go to that layer, which now receives the connection's.
+            # Any other new protocol of the connection is not the session's (a hand-off to a
+            # receiver leaves a detached one), so the session gets them.
             layer = transport.protocol if direct else None
             tls = getattr(layer, "wrappedProtocol", None) is inner
             (layer if tls else inner).dataReceived(gate.early)

@@ -1,6 +1,6 @@
 """
-C{qmailtx dotqm [-v] [FILE]}: keep all of a user's (or virtual domain's) C{.qmail-*} files
-from one central file, by default C{~/.dotqmrc}.
+C{qmailtx dotqm [-v] [FILE]}: keep all of a user's (or virtual domain's) C{.qmail} and
+C{.qmail-*} files from one central file, by default C{~/.dotqmrc}.
 
 FILE has lines C{address action}: the address is a full address or just the local part
 (C{default} for C{.qmail-default}); the action is one C{.qmail} line.  Several lines for one
@@ -8,13 +8,15 @@ address make a multi-line file, in order.  C{#} starts a comment; C{#include <fi
 another file (relative to the including one).  For a full address the local part is used,
 minus a leading C{<login>-} (a user's own addresses); a virtual domain's local parts are
 its extensions already.  A bare local part loses the same prefix; the login itself (alone
-or as a full address) is the user's own address, C{~/.qmail}.
+or as a full address) is the user's own address, C{~/.qmail} (so a virtual domain kept by
+that user cannot have an extension equal to the login).
 
 Every file written starts with L{MARKER}; C{dotqm} replaces and removes only such files, so a
 hand-written C{.qmail-x} is never touched (a conflict is an error).  Files are written to a
 temporary name no delivery can match, fsynced, made 0600 and renamed into place, while the
 home directory carries the sticky bit (qmail-local defers during the update).  Writes only
-C{.qmail-*} files in C{$HOME} (the passwd entry's home when C{$HOME} is unset or empty).
+C{.qmail} and C{.qmail-*} files in C{$HOME} (the passwd entry's home when C{$HOME} is unset
+or empty).
 """
 
 import getopt
@@ -171,7 +173,7 @@ def main(argv):
     except getopt.GetoptError:
         args = None
     if args is None or len(args) > 1:
-        sys.stderr.write("dotqm: usage: qmailtx dotqm [-v] [FILE] (writes $HOME/.qmail-*)\n")
+        sys.stderr.write("dotqm: usage: qmailtx dotqm [-v] [FILE] (writes $HOME/.qmail and .qmail-*)\n")
         return 100
     verbose = bool(opts)
     home = os.environ.get("HOME") or pwdHome()

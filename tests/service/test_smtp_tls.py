@@ -285,26 +285,39 @@ def test_smtps_sessions_count_against_maxperip(qmailRoot, receivers):
     SMTPS sessions count for --maxperip in a receiver as in the daemon: a receiver used to
     miss its TLS-wrapped session and report it closed at once.  A client admitted the
     moment the held session ends (its ClientHello already waiting) completes its handshake:
-    the early bytes go to the TLS layer, not to SMTP as plaintext.
+    the early bytes go to the TLS layer, not to SMTP as plaintext.  The end must be seen
+    within the per-IP recheck (50 ms), which a loaded machine may miss, so a few tries are
+    allowed; with the bytes lost, every try hangs.
     """
     with Daemon(qmailRoot, listeners=("smtp", "smtps"),
                 extra=["--maxperip", "smtps=1", "--receivers", str(receivers),
                        "--checkpassword", "/bin/false"]) as d:
         time.sleep(0.5)  # let the daemon see the start-up probe connections close
         port = d.ports["smtps"]
-        held = clientContext().wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
-        assert held.recv(200).startswith(b"220 mx.example.com ESMTP")
-        assert not isinstance(tlsGreeting(port), bytes)
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-        waiting = clientContext().wrap_socket(raw, do_handshake_on_connect=False)
-        waiting.setblocking(False)
-        try:
-            waiting.do_handshake()  # sends the ClientHello, then would block
-        except ssl.SSLWantReadError:
-            pass
-        time.sleep(0.02)
-        held.close()
-        waiting.settimeout(10)
-        waiting.do_handshake()
-        assert waiting.recv(200).startswith(b"220 mx.example.com ESMTP")
-        waiting.close()
+        greetings = []
+        for attempt in range(5):
+            held = clientContext().wrap_socket(
+                socket.create_connection(("127.0.0.1", port), timeout=10))
+            assert held.recv(200).startswith(b"220 mx.example.com ESMTP")
+            if not attempt:
+                assert not isinstance(tlsGreeting(port), bytes)
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            waiting = clientContext().wrap_socket(raw, do_handshake_on_connect=False)
+            waiting.setblocking(False)
+            try:
+                waiting.do_handshake()  # sends the ClientHello, then would block
+            except ssl.SSLWantReadError:
+                pass
+            time.sleep(0.01)
+            held.close()
+            waiting.settimeout(5)
+            try:
+                waiting.do_handshake()
+                greetings.append(waiting.recv(200))
+            except (OSError, ssl.SSLError) as e:
+                greetings.append(e)
+            waiting.close()
+            if isinstance(greetings[-1], bytes):
+                break
+            time.sleep(0.5)
+        assert greetings[-1].startswith(b"220 mx.example.com ESMTP"), greetings

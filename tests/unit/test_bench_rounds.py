@@ -1,5 +1,6 @@
 """
-bench.run measures the rows that delete many files after every other row, in every round:
+bench.run measures the rows that delete many files in rounds of their own, after every
+round of the other rows:
 on ext4 without a journal a row measured just after a mass deletion measures the inode
 allocator's walk over the freed inodes instead of the server.
 """
