@@ -62,6 +62,16 @@ def test_cdb(qmailRoot):
         b"extra.example") == b""
 
 
+def refusedStartLog(daemon):
+    """Start C{daemon}, which must refuse: its exit status is 111; returns its log."""
+    daemon.start(wait=False)
+    try:
+        assert daemon.process.wait(20) == 111
+    finally:
+        daemon.kill()
+    return daemon.log()
+
+
 def test_secondDaemonRefuses(daemon, qmailRoot):
     """
     A second daemon on a root whose qmail-send runs exits 111 with qmail-send's alert,
@@ -72,12 +82,7 @@ def test_secondDaemonRefuses(daemon, qmailRoot):
 
     second = Daemon(qmailRoot)
     second.logPath = str(qmailRoot) + ".second.log"
-    second.start(wait=False)
-    try:
-        assert second.process.wait(20) == 111
-    finally:
-        second.kill()
-    log = open(second.logPath).read()
+    log = refusedStartLog(second)
     assert "alert: cannot start: qmail-send is already running" in log
     assert "listening on" not in log and "Traceback" not in log
     assert ctl(qmailRoot, "pause").stdout == "ok: deliveries paused\n"
@@ -96,12 +101,7 @@ def test_portInUseRefuses(daemon, tmp_path):
     createRoot(str(tmp_path / "other"), "other.example")
     other = Daemon(tmp_path / "other")
     other.ports["smtp"] = daemon.port
-    other.start(wait=False)
-    try:
-        assert other.process.wait(20) == 111
-    finally:
-        other.kill()
-    log = other.log()
+    log = refusedStartLog(other)
     assert f"alert: cannot start: unable to listen for smtp on tcp:{daemon.port}" in log
     assert "qmailtx: cannot start: unable to listen" in log and "Traceback" not in log
     assert not os.path.exists(tmp_path / "other" / "run" / "qmailtx.pid")
@@ -118,13 +118,7 @@ def test_unusableQueueRefusesBeforeListening(qmailRoot, breakQueue, reason):
     from tests.service.daemon import Daemon
 
     breakQueue(qmailRoot / "queue")
-    daemon = Daemon(qmailRoot)
-    daemon.start(wait=False)
-    try:
-        assert daemon.process.wait(20) == 111
-    finally:
-        daemon.kill()
-    log = daemon.log()
+    log = refusedStartLog(Daemon(qmailRoot))
     assert log.count("alert: cannot start: ") == 1 and f"alert: cannot start: {reason}" in log
     assert "listening on" not in log and "status: exiting" not in log and "Traceback" not in log
 
