@@ -184,8 +184,9 @@ class SMTPServer(SecureSession, Protocol):
             self._command(line)
 
     def _command(self, line):
-        # qmail-smtpd parses a command as a C string: it ends at a NUL.
-        line = line.split(b"\0", 1)[0]
+        nul = line.find(b"\0")
+        if nul >= 0:
+            line = line[:nul]  # qmail-smtpd parses a command as a C string
         if self.sasl is not None:
             return self.saslLine(line)
         sp = line.find(b" ")
