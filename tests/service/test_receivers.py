@@ -176,8 +176,10 @@ def test_deadReceiverFreesItsSlotsAndComesBack(root):
 def test_receiversEndWithTheDaemonEvenIfKilled(root):
     """SIGKILL of the daemon leaves no receiver behind: each sees its channel close and exits."""
     daemon = start(root)
-    pids = readyPids(daemon, 2)
-    daemon.kill()
+    try:
+        pids = readyPids(daemon, 2)
+    finally:
+        daemon.kill()
     waitFor(lambda: not any(alive(pid) for pid in pids))
 
 

@@ -65,13 +65,14 @@ def site(qmailRoot, tmp_path, request):
                            "--receivers", str(request.param)])
     daemon.kept = kept
     daemon.start()
-    if request.param:
+    try:
         deadline = time.monotonic() + 20
-        while "receiver 1: ready" not in daemon.log():
+        while request.param and "receiver 1: ready" not in daemon.log():
             assert time.monotonic() < deadline, daemon.log()
             time.sleep(0.05)
-    yield daemon
-    daemon.stop()
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 def kept(site, count=1, timeout=10):
