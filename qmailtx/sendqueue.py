@@ -146,13 +146,17 @@ def loadMessage(queueDir, msgid):
     return message
 
 
+_INFO_DIRS = [os.path.join("info", str(i)) for i in range(SPLIT)]
+"""The directories L{loadQueue} lists besides C{todo/}."""
+
+
 def unreadableQueue(queueDir):
     """
     Why L{loadQueue} would fail (C{"todo/: not a directory"}), or C{None}: the directories
     it lists opened, not read, so that a daemon that could not load its queue refuses to
     start before it listens instead of after.
     """
-    for name in ["todo"] + [os.path.join("info", str(i)) for i in range(SPLIT)]:
+    for name in ["todo"] + _INFO_DIRS:
         try:
             os.close(os.open(os.path.join(queueDir, name), os.O_RDONLY | os.O_DIRECTORY))
         except OSError as e:
@@ -177,15 +181,14 @@ def loadQueue(queueDir, spares=None):
         warnings = []
     todo = set(listTodo(queueDir))
     messages = []
-    for i in range(SPLIT):
-        top = os.path.join(queueDir, "info", str(i))
-        for name in os.listdir(top):
+    for info in _INFO_DIRS:
+        for name in os.listdir(os.path.join(queueDir, info)):
             if not name.isdigit() or int(name) in todo:
                 continue
             try:
                 message = loadMessage(queueDir, int(name))
             except OSError as e:
-                warnings.append(f"unable to read info/{i}/{name}: {e.strerror}")
+                warnings.append(f"unable to read {info}/{name}: {e.strerror}")
                 continue
             if message is not None:
                 messages.append(message)
