@@ -7,13 +7,15 @@ null client's QMQP server holding the message): dropped before its answer, the c
 the message again.  A message still arriving is waited for briefly (L{OPEN_MESSAGE_WAIT}) so
 that its client hears C{qq shutting down} instead of a dropped connection.  L{Commits} sees
 every message the listeners and the queue socket begin and commit, whichever queue takes it,
-refuses new commits once closed, and fires when the last one has answered.  Delivery's own
-commits (bounces) do not pass here: qmail-send finishes them itself.
+refuses new commits once closed, and fires when the last one has answered, after the
+listeners have said goodbye to the sessions still open (L{Commits.farewells}: SMTP's 421).
+Delivery's own commits (bounces) do not pass here: qmail-send finishes them itself.
 
 Must not import protocol, delivery or queue-file modules.
 """
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.logger import Logger
 
 from qmailtx import log
 from qmailtx.results import QQ_SHUTTING_DOWN, fromReport
@@ -32,6 +34,8 @@ DAEMON_DRAIN_LIMIT = 60.0
 anyway (the flusher answers what it was asked); this bounds a QMAILQUEUE program or a null
 client's QMQP server that never answers."""
 
+_log = Logger()
+
 
 class Commits:
     """The commits in flight, and messages still arriving, of the queues handed out by L{watch}."""
@@ -43,6 +47,9 @@ class Commits:
         self._open = set()
         self._openTimer = None
         self._drainWaiters = []
+        self.farewells = []
+        """Callables run once the wait is over, before L{close} fires: each says goodbye
+        to the sessions its listener still has open (SMTP's 421)."""
 
     def watch(self, queue):
         """C{queue} as the listeners see it: its writers' commits pass through here."""
@@ -54,8 +61,21 @@ class Commits:
         answered, and every message still arriving has ended (or L{OPEN_MESSAGE_WAIT} is
         up), and the reactor has made one pass over its sockets since (so an answer a
         transport buffered leaves first), or after C{limit} seconds (C{None}: no limit)
-        with a warning.
+        with a warning.  Then the L{farewells} are said: a goodbye is written straight to
+        its socket (L{qmailtx.writethrough}) unless the client has left unread replies
+        waiting, and is then lost with the connection, as RFC 5321 §3.8 allows.
         """
+        return self._drain(limit).addCallback(self._sayFarewells)
+
+    def _sayFarewells(self, _):
+        farewells, self.farewells = self.farewells, []
+        for farewell in farewells:
+            try:
+                farewell()
+            except Exception:
+                _log.failure("saying goodbye to open sessions")
+
+    def _drain(self, limit):
         self.refuse()
         if not self._inFlight and not self._open:
             return succeed(None)

@@ -95,6 +95,7 @@ def buildSMTP(site, config, defaultEnv=None):
     if getattr(site, "smtpAuthThrottle", None) is None:
         site.smtpAuthThrottle = AuthThrottle(site.reactor)
         site.smtpTLS = ContextCache()
+    site.commits.farewells.append(factory.shuttingDown)
     factory.authThrottle = site.smtpAuthThrottle
     factory.tlsContexts = site.smtpTLS
     if defaultEnv:

@@ -237,6 +237,14 @@ class SMTPServer(SecureSession, Protocol):
         if self._state != _CLOSED:
             self._fatal(b"451 timeout (#4.4.2)\r\n")
 
+    def shuttingDown(self):
+        """The server stops (RFC 5321 §3.8: try to send a 421 first); a message still
+        arriving is dropped, and its client sends it again."""
+        if self._state != _CLOSED:
+            host = self.controls.greeting.split(b" ", 1)[0]
+            self._fatal(b"421 %s shutting down, try again later (#4.3.2)\r\n" % host
+                        if host else b"421 shutting down, try again later (#4.3.2)\r\n")
+
     def _isClosed(self):
         return self._state == _CLOSED
 

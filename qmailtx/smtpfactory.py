@@ -66,6 +66,11 @@ class SMTPFactory(SecureFactory, Factory):
             self._snapshot = snapshot
         return self._snapshot
 
+    def shuttingDown(self):
+        """Say goodbye to every session still open (L{qmailtx.commits.Commits.farewells})."""
+        for session in self.timeouts.watched():
+            session.shuttingDown()
+
     def queueFor(self, env):
         program = env.get("QMAILQUEUE")
         if program and self.programQueue is not None:

@@ -47,6 +47,10 @@ class IdleTimeouts:
         if bucket is not None:
             bucket.discard(conn)
 
+    def watched(self):
+        """Every connection watched now (a list: the caller may make them forget)."""
+        return [conn for bucket in self._buckets.values() for conn in bucket]
+
     def _tick(self):
         self._call = None
         self._callAt = None

@@ -95,3 +95,30 @@ def test_messageArrivingAtTheStopIsAnswered(qmailRoot, receivers):
     finally:
         d.stop()
     assert "Traceback" not in d.log()
+
+
+@pytest.mark.parametrize("receivers", [0, 1], ids=["daemon", "receiver"])
+def test_idleSessionsHear421AtTheStop(qmailRoot, receivers):
+    """
+    SIGTERM with sessions open but nothing arriving: each hears a 421 before its connection
+    closes (RFC 5321 §3.8: a server forcibly shut down SHOULD try to send one), whether it
+    sits after the greeting or inside a transaction, instead of a dropped connection.
+    """
+    d = Daemon(qmailRoot, extra=["--receivers", str(receivers)]).start()
+    try:
+        if receivers:
+            waitFor(lambda: "receiver 1: ready" in d.log())
+        greeted = RawClient(d.port)
+        assert greeted.line().startswith(b"220 ")
+        inMail = RawClient(d.port)
+        assert inMail.line().startswith(b"220 ")
+        inMail.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<postmaster@mx.example.com>\r\n")
+        assert [inMail.line() for _ in range(2)] == [b"250 ok", b"250 ok"]
+        d.process.send_signal(signal.SIGTERM)
+        for c in (greeted, inMail):
+            assert c.line() == b"421 mx.example.com shutting down, try again later (#4.3.2)"
+            assert c.closed()
+        assert d.process.wait(15) == -signal.SIGTERM
+    finally:
+        d.stop()
+    assert "Traceback" not in d.log()

@@ -322,3 +322,18 @@ def test_smtps_sessions_count_against_maxperip(qmailRoot, receivers):
                 break
             time.sleep(0.5)
         assert greetings[-1].startswith(b"220 mx.example.com ESMTP"), greetings
+
+
+def test_tls_session_hears_421_at_the_stop(site):
+    """A stop says its 421 inside TLS too, where the reply goes through the TLS layer's
+    buffer rather than straight to the socket, before the connection drops."""
+    import signal
+
+    raw = socket.create_connection(("127.0.0.1", site.ports["smtps"]), timeout=10)
+    with clientContext().wrap_socket(raw) as s:
+        reader = s.makefile("rb")
+        assert reader.readline().startswith(b"220 ")
+        site.process.send_signal(signal.SIGTERM)
+        assert reader.readline() == b"421 mx.example.com shutting down, try again later (#4.3.2)\r\n"
+        assert reader.readline() == b""
+    assert site.process.wait(15) == -signal.SIGTERM

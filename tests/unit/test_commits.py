@@ -1,6 +1,8 @@
 """qmailtx.commits: a stopping daemon waits for the listeners' commits in flight."""
 
+import pytest
 from twisted.internet import defer, task
+from twisted.logger import globalLogPublisher
 
 from qmailtx.commits import Commits
 from qmailtx.results import TempFailure
@@ -31,6 +33,14 @@ class FakeQueue:
         self.begun.append((args, kwargs))
         self.writers.append(FakeWriter())
         return self.writers[-1]
+
+
+@pytest.fixture
+def logged():
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
 
 
 def failureOf(d):
@@ -173,3 +183,35 @@ def test_closeStopsWaitingForSlowMessages(qmailLines):
     assert qmailLines == ["warning: stopping while 1 messages are still arriving; their "
                           "clients will send them again"]
     assert failureOf(slow.commit(b"a", [b"b"])).text == b"qq shutting down, try again later (#4.3.2)"
+
+
+def test_farewellsAreSaidOnceTheWaitIsOver(logged):
+    """
+    The listeners' goodbyes (SMTP's 421) come after the last commit in flight has answered,
+    not before (that client would hear 421 instead of its 250), and before close() fires;
+    each once, however often close() is called.  One that raises is logged and does not
+    stop the others.
+    """
+    clock = task.Clock()
+    commits = Commits(clock)
+    queue = FakeQueue()
+    said = []
+
+    def broken():
+        raise RuntimeError("gone")
+
+    def farewell(name):
+        said.append((name, bool(fired)))
+
+    commits.farewells += [lambda: farewell("smtp"), broken, lambda: farewell("smtps")]
+    commits.watch(queue).begin(b"x").commit(b"a", [b"b"])
+    fired = []
+    commits.close().addCallback(fired.append)
+    clock.advance(3)
+    assert said == [] and not fired
+    queue.writers[0].commitDeferred.callback(1)
+    clock.advance(0)
+    assert said == [("smtp", False), ("smtps", False)] and fired == [None]
+    assert commits.close().called and len(said) == 2
+    failures = [e["log_failure"] for e in logged if "log_failure" in e]
+    assert [f.type for f in failures] == [RuntimeError]
