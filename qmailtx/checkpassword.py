@@ -6,7 +6,8 @@ vchkpw, C{qmailtx checkpassword}) in a subprocess: C{login\\0password\\0timestam
 an environment built from nothing, a kill timeout.  As the "next program" it gives
 L{REPORT_PROGRAM}, which prints C{HOME}, C{USER}, uid and gid NUL-terminated on stdout and
 exits 0, so the caller learns who the program made it without running any mail code in the
-checker's process.  Used by POP3 and SMTP AUTH.  Writes nothing; switches no uid itself
+checker's process; SMTP AUTH, which needs only the verdict, gives C{/bin/true} instead
+(L{VERDICT_PROGRAM}).  Used by POP3 and SMTP AUTH.  Writes nothing; switches no uid itself
 (the checker does); must not import protocols.
 """
 
@@ -41,6 +42,10 @@ REPORT_PROGRAM = [
 shell, where an interpreter would cost tens of milliseconds.  It stops reading at the Gid
 line (the tenth): the shell's read builtin takes a byte per system call, and reading the
 whole file doubled the shell's CPU time."""
+
+VERDICT_PROGRAM = [b"/bin/true"]
+"""The next program when only the checker's verdict matters (SMTP AUTH), as qmail sites
+run qmail-smtpd's AUTH: C{checkpassword /bin/true}."""
 
 DEFAULT_PATH = b"/usr/local/bin:/usr/bin:/bin"
 
@@ -87,8 +92,9 @@ def parseReport(data, login):
 
 
 class _CheckerProtocol(protocol.ProcessProtocol):
-    def __init__(self, fd3, login, deferred, clock, timeout):
+    def __init__(self, fd3, login, deferred, clock, timeout, report=True):
         self.fd3 = fd3
+        self.wantReport = report
         self.login = login
         self.deferred = deferred
         self.clock = clock
@@ -120,6 +126,8 @@ class _CheckerProtocol(protocol.ProcessProtocol):
             self.deferred.errback(TempFailure(CRASHED))
         elif getattr(value, "exitCode", 0):
             self.deferred.errback(Refused(AUTH_FAILED, value.exitCode))
+        elif not self.wantReport:
+            self.deferred.callback(None)
         else:
             found = parseReport(b"".join(self.report), self.login)
             if found is None:
@@ -129,26 +137,34 @@ class _CheckerProtocol(protocol.ProcessProtocol):
 
 
 def checkPassword(reactor, program, login, password, challenge,
-                  timeout=CHECK_TIMEOUT, env=None):
+                  timeout=CHECK_TIMEOUT, env=None, report=True):
     """
     Run C{program} (argv list of bytes) as a checkpassword program.
 
     @param env: extra environment (bytes to bytes) for the checker, e.g. TCPREMOTEIP;
         C{PATH} defaults to L{DEFAULT_PATH}.  Nothing of the daemon's own leaks in.
-    @return: L{Deferred} firing with L{Authenticated}; failing with L{Refused} (exit
-        non-zero) or L{TempFailure} (killed, timed out, cannot spawn, no report).
+    @param report: whether the caller needs L{Authenticated} (POP3 does: the mailbox is
+        the checker's HOME, opened as its uid).  Without it the next program is
+        L{VERDICT_PROGRAM} and exit 0 alone is success, as for qmail-smtpd's AUTH.
+    @return: L{Deferred} firing with L{Authenticated} (C{None} without C{report}); failing
+        with L{Refused} (exit non-zero, or a field holding a NUL) or L{TempFailure}
+        (killed, timed out, cannot spawn, no report).
     """
+    if b"\0" in login or b"\0" in password or b"\0" in challenge:
+        # The field would end at the NUL and the rest become the next field.
+        return defer.fail(Refused(AUTH_FAILED, 2))
     data = fd3Data(login, password, challenge)
     if len(data) > FD3_LIMIT:
         return defer.fail(Refused(AUTH_FAILED, 2))
     d = defer.Deferred()
     childEnv = {b"PATH": DEFAULT_PATH}
     childEnv.update(env or {})
-    proto = _CheckerProtocol(data, login, d, reactor, timeout)
+    proto = _CheckerProtocol(data, login, d, reactor, timeout, report)
     try:
         quiet = _devNull()
         reactor.spawnProcess(
-            proto, program[0], list(program) + REPORT_PROGRAM, env=childEnv,
+            proto, program[0], list(program) + (REPORT_PROGRAM if report else VERDICT_PROGRAM),
+            env=childEnv,
             childFDs={0: quiet, 1: "r", 2: quiet, 3: "w"},
         )
     except Exception as e:

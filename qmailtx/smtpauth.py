@@ -148,6 +148,10 @@ class Exchange:
             data = decode(line)
         except ValueError:
             return Done(MALFORMED)
+        if self.mechanism != PLAIN and b"\0" in data:
+            # checkpassword's fields end at a NUL: the rest would be read as the next
+            # field, e.g. a replayed CRAM-MD5 challenge (PLAIN splits at them instead).
+            return Done(MALFORMED)
         if self.mechanism == PLAIN:
             fields = data.split(b"\0")
             if len(fields) != 3 or not fields[1] or not fields[2]:

@@ -14,6 +14,7 @@ control files beyond C{tlsserverciphers} and, through L{qmailtx.tls.ClientCertif
 C{tlsclients}.
 """
 
+import functools
 import itertools
 import os
 
@@ -54,12 +55,11 @@ class SecureFactory:
 
     defaultEnv = {}
     checkpassword = None
-    checker = staticmethod(cpw.checkPassword)
+    checker = staticmethod(functools.partial(cpw.checkPassword, report=False))
     checkTimeout = cpw.CHECK_TIMEOUT
     authThrottle = None
     tlsContexts = None
     clientCertificates = None
-    _serials = None
 
     def serverTLS(self, path):
         if self.tlsContexts is None:
@@ -81,10 +81,19 @@ class SecureFactory:
         return self.authThrottle
 
     def nextSerial(self):
-        """A number unique within this listener, the PID part of CRAM-MD5 challenges."""
-        if self._serials is None:
-            self._serials = itertools.count(os.getpid() * 100000)
-        return next(self._serials)
+        """
+        The PID part of CRAM-MD5 challenges: unique within this process, whose listeners
+        (smtp, submission, smtps) share one checkpassword, so that a response seen on one
+        cannot be replayed on another in the same second.
+        """
+        global _serials
+        if _serials is None:
+            _serials = itertools.count(os.getpid() * 100000)
+        return next(_serials)
+
+
+_serials = None
+"""The process's CRAM-MD5 serials (L{SecureFactory.nextSerial})."""
 
 
 @implementer(IHandshakeListener)

@@ -28,6 +28,7 @@ case "$login" in
   nouser) unset USER; HOME=/; export HOME; cd /; exec "$@" ;;
   stdin) if IFS= read -r line; then exit 1; fi ;;
   noisy) head -c 300000 /dev/zero >&2 ;;
+  noexec) exit 0 ;;
   *) exit 1 ;;
 esac
 USER=$login HOME=/tmp/home-$login; export USER HOME
@@ -116,6 +117,34 @@ class CheckPasswordTests(unittest.TestCase):
         """fd-3 data over 512 bytes is refused without running the checker."""
         with self.assertRaises(checkpassword.Refused):
             await self.check(b"joe", b"x" * 600)
+
+    async def test_nulInAFieldIsRefused(self):
+        """
+        A NUL inside the login, password or challenge would end that fd-3 field early and
+        shift the rest into the next one (a password carrying a replayed CRAM-MD5
+        challenge): refused as misuse (status 2) without running the checker, here one
+        that cannot even start.
+        """
+        self.program = [b"/nonexistent/checkpassword"]
+        for fields in ((b"joe\0x", b"secret", b""), (b"joe", b"d\0<1.2@x>", b""),
+                       (b"joe", b"secret", b"<1\0.2@x>")):
+            with self.assertRaises(checkpassword.Refused) as e:
+                await self.check(*fields)
+            self.assertEqual(e.exception.status, 2)
+
+    async def test_reportOnlyWhenAsked(self):
+        """
+        A checker that exits 0 without running the next program: POP3 needs the report
+        (HOME, uid) and gets a temporary failure; SMTP AUTH asks only for the verdict
+        (report=False), and exit 0 is success (spec/smtp.md §7).
+        """
+        with self.assertRaises(TempFailure) as e:
+            await self.check(b"noexec", b"x")
+        self.assertEqual(e.exception.text, checkpassword.NO_REPORT)
+        self.assertIsNone(await self.check(b"noexec", b"x", report=False))
+        self.assertIsNone(await self.check(b"joe", b"secret", report=False))
+        with self.assertRaises(checkpassword.Refused):
+            await self.check(b"joe", b"wrong", report=False)
 
     async def test_environmentFromNothing(self):
         """The checker sees only PATH and the variables given, not the daemon's environment."""

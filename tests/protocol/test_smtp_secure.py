@@ -404,6 +404,33 @@ def test_cram_md5_passes_challenge(root):
     assert s.checker.calls[0][1:4] == (b"joe", b"abc123", challenge)
 
 
+def test_cram_challenges_differ_across_listeners(root):
+    """
+    The listeners of one process (smtp, submission, smtps) share the checkpassword, so a
+    CRAM-MD5 challenge is never handed out twice by any of them: a response seen on one
+    listener cannot be replayed on another in the same second.
+    """
+    challenges = set()
+    for _ in range(2):
+        s = SecureSession(root, env={"SMTPAUTH": "+cram"})
+        s.send(b"STARTTLS\r\n")
+        for _ in range(3):
+            line, = s.lines(b"AUTH CRAM-MD5\r\n")
+            challenges.add(line)
+            assert s.lines(b"*\r\n") == [smtpauth.CANCELED]
+    assert len(challenges) == 6
+
+
+def test_auth_line_with_nul_is_malformed(root):
+    """A LOGIN password carrying a NUL (a CRAM-MD5 digest and challenge, replayed) is 501 and
+    never reaches checkpassword."""
+    s = SecureSession(root, env={"SMTPAUTH": "+cram"})
+    s.send(b"STARTTLS\r\n")
+    s.lines(b"AUTH LOGIN " + b64(b"joe") + b"\r\n")
+    assert s.lines(b64(b"0123abcd\0<1.2@x>") + b"\r\n") == [smtpauth.MALFORMED]
+    assert s.checker.calls == []
+
+
 def test_no_checkpassword_no_auth_but_still_required(root):
     """Without a checkpassword program AUTH is unavailable, yet SMTPAUTH="!" still holds."""
     s = SecureSession(root, env={"SMTPAUTH": "!"})

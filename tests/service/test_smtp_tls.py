@@ -337,3 +337,18 @@ def test_tls_session_hears_421_at_the_stop(site):
         assert reader.readline() == b"421 mx.example.com shutting down, try again later (#4.3.2)\r\n"
         assert reader.readline() == b""
     assert site.process.wait(15) == -signal.SIGTERM
+
+
+def test_auth_needs_only_the_checkers_verdict(qmailRoot, tmp_path):
+    """
+    SMTP AUTH succeeds when checkpassword exits 0, whether or not it runs the next program
+    (a checker that verifies and exits, as qmail-smtpd's AUTH allows); POP3 alone needs
+    the report of who the checker made it.
+    """
+    checker = tmp_path / "verdict-only"
+    checker.write_text("#!/bin/sh\nexec 3<&-\nexit 0\n")
+    checker.chmod(0o755)
+    with Daemon(qmailRoot, listeners=("smtp", "smtps"),
+                extra=["--checkpassword", str(checker)]) as d:
+        with smtplib.SMTP_SSL("127.0.0.1", d.ports["smtps"], context=clientContext()) as s:
+            assert s.login("joe", "secret")[0] == 235

@@ -119,9 +119,19 @@ def test_first_step_errors(arg, reply):
     (b"PLAIN", [b""], smtpauth.MALFORMED),
     (b"CRAM-MD5", [b64(b"nodigest")], smtpauth.MALFORMED),
     (b"CRAM-MD5", [b"*"], smtpauth.CANCELED),
+    (b"LOGIN", [b64(b"joe\0x")], smtpauth.MALFORMED),
+    (b"LOGIN", [b64(b"joe"), b64(b"digest\0<1.2@x>")], smtpauth.MALFORMED),
+    (b"LOGIN " + b64(b"joe\0"), [], smtpauth.MALFORMED),
+    (b"CRAM-MD5", [b64(b"joe\0digest\0<1.2@x> 0123abcd")], smtpauth.MALFORMED),
+    (b"CRAM-MD5", [b64(b"joe 0123\0abcd")], smtpauth.MALFORMED),
 ])
 def test_response_errors(mech, lines, reply):
-    """'*' cancels with 501 canceled; empty lines, bad base64 or empty fields are malformed."""
+    """
+    '*' cancels with 501 canceled; empty lines, bad base64 or empty fields are malformed,
+    and so is a NUL in a LOGIN or CRAM-MD5 name, password or digest (RFC 4616 §2 forbids
+    it in PLAIN, where it separates the fields): on fd 3 it would end the field early, and
+    the rest would be read as the next field, e.g. a replayed CRAM-MD5 challenge.
+    """
     step, ex = start(mech)
     for line in lines:
         step = ex.respond(line)
