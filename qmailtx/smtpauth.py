@@ -190,7 +190,10 @@ class AuthThrottle:
     """
     How long to hold a C{535}: doubling from L{FAILURE_DELAY} with the failures of the
     connection or of its IP (whichever is more), so neither many tries on one connection nor
-    many connections from one address guess fast.  Bounded to L{TRACKED_IPS} addresses.
+    many connections from one address guess fast.  Holding the answer alone would not do:
+    a C{235} comes at once, so a client could hang up after a moment and try again; once
+    an IP has failed, its checks themselves are paced (L{admit}).  Bounded to
+    L{TRACKED_IPS} addresses.
     """
 
     def __init__(self, clock, base=FAILURE_DELAY, ceiling=MAX_FAILURE_DELAY,
@@ -201,16 +204,20 @@ class AuthThrottle:
         self.memory = memory
         self.tracked = tracked
         self._failures = OrderedDict()
+        """ip -> (failures, time of the last, earliest start of its next check)"""
 
     def recentFailures(self, ip):
         entry = self._failures.get(ip)
         if entry is None:
             return 0
-        count, last = entry
+        count, last, _ = entry
         if self.clock.seconds() - last > self.memory:
             del self._failures[ip]
             return 0
         return count
+
+    def _delay(self, failures):
+        return min(self.ceiling, self.base * 2 ** min(failures - 1, 32))
 
     def failed(self, ip, connectionFailures):
         """
@@ -218,11 +225,28 @@ class AuthThrottle:
         @return: seconds to wait before replying.
         """
         count = self.recentFailures(ip) + 1
-        self._failures[ip] = (count, self.clock.seconds())
+        now = self.clock.seconds()
+        nextCheck = self._failures[ip][2] if count > 1 else now
+        self._failures[ip] = (count, now, max(nextCheck, now + self._delay(count)))
         self._failures.move_to_end(ip)
         while len(self._failures) > self.tracked:
             self._failures.popitem(last=False)
         if not self.base:
             return 0.0
-        worst = max(count, connectionFailures)
-        return min(self.ceiling, self.base * 2 ** min(worst - 1, 32))
+        return self._delay(max(count, connectionFailures))
+
+    def admit(self, ip):
+        """
+        Seconds to wait before checking credentials from C{ip}: none while it has no
+        recent failure; after one, its checks start at least the current delay apart
+        (counted from the last failure, so a client that waited for its C{535} is not held
+        again), however many connections ask.
+        """
+        count = self.recentFailures(ip)
+        if not count or not self.base:
+            return 0.0
+        now = self.clock.seconds()
+        _, last, nextCheck = self._failures[ip]
+        start = max(now, nextCheck)
+        self._failures[ip] = (count, last, start + self._delay(count))
+        return start - now

@@ -327,6 +327,15 @@ class SecureSession:
         if isinstance(step, smtpauth.Done):
             return self.reply(step.line)
         self._block()
+        wait = self.factory.throttle().admit(self.env.get("TCPREMOTEIP", "unknown"))
+        if wait:
+            self.factory.clock.callLater(wait, self._check, step)
+        else:
+            self._check(step)
+
+    def _check(self, step):
+        if self._isClosed():
+            return
         env = {k.encode(): v.encode("utf-8", "surrogateescape") for k, v in self.env.items()}
         d = self.factory.checker(self.factory.clock, self.factory.checkpassword, step.user,
                                  step.password, step.challenge, self.factory.checkTimeout, env)

@@ -351,6 +351,40 @@ def test_failures_from_one_ip_slow_other_connections(root):
     assert t2.value() == b"535 authentication failed (#5.7.1)\r\n"
 
 
+def test_failing_ip_cannot_skip_the_wait_by_hanging_up(root):
+    """
+    A client that hangs up instead of waiting for its 535 and tries again at once has its
+    next check held for the rest of the delay, even with the right password (the 235 would
+    otherwise come at once and tell it so); one that hangs up while held gets no check.
+    """
+    def session():
+        t = TLSTransport()
+        p = s1.factory.buildProtocol(None)
+        p.env = {"TCPREMOTEIP": "10.0.0.1", "TCPLOCALIP": "127.0.0.1", "SMTPS": "1",
+                 "SMTPAUTH": ""}
+        p.makeConnection(t)
+        t.clear()
+        return p, t
+
+    s1 = SecureSession(root, env=AUTH_ENV)
+    s1.send(b"STARTTLS\r\n")
+    s1.send(b"AUTH PLAIN " + b64(b"\0joe\0wrong") + b"\r\n")
+    s1.clock.advance(0.5)
+    s1.transport.loseConnection()
+    s1.proto.connectionLost(None)
+    gone, _ = session()
+    gone.dataReceived(b"AUTH PLAIN " + b64(b"\0joe\0guess") + b"\r\n")
+    s2, t2 = session()
+    s2.dataReceived(b"AUTH PLAIN " + b64(b"\0joe\0secret") + b"\r\n")
+    gone.connectionLost(None)
+    assert len(s1.checker.calls) == 1
+    s1.clock.advance(smtpauth.FAILURE_DELAY * 2 - 0.5 - 0.1)
+    assert t2.value() == b"" and len(s1.checker.calls) == 1
+    s1.clock.advance(0.1)
+    assert t2.value() == b"235 ok, go ahead (#2.0.0)\r\n"
+    assert [call[2] for call in s1.checker.calls] == [b"wrong", b"secret"]
+
+
 @pytest.mark.parametrize("error, reply", [
     (TempFailure(checkpassword.CRASHED), smtpauth.CHILD_PROBLEM),
     (TempFailure(checkpassword.NO_FORK), smtpauth.CHILD_WONT_START),

@@ -164,3 +164,26 @@ def test_throttle_forgets_after_memory_and_bounds_ips():
     t.failed("b", 1)
     t.failed("c", 1)
     assert t.recentFailures("a") == 0 and t.recentFailures("c") == 1
+
+
+def test_throttle_paces_the_checks_of_a_failing_ip():
+    """
+    Once an IP has failed, its checks start one per current delay whatever their outcome,
+    so a client that hangs up instead of waiting for its 535 (a 235 would have come at
+    once), or that tries on many connections at the same time, guesses no faster than
+    one that waits.  A client that waited for its 535 is not held again, and an IP that
+    never failed is never held.
+    """
+    clock = task.Clock()
+    t = smtpauth.AuthThrottle(clock, base=2, ceiling=30, memory=900)
+    assert t.admit("10.0.0.9") == 0
+    assert t.failed("10.0.0.1", 1) == 2
+    clock.advance(0.6)  # hung up without waiting for the 535, and came back
+    assert t.admit("10.0.0.1") == pytest.approx(1.4)
+    assert t.admit("10.0.0.1") == pytest.approx(3.4)  # a second connection at once
+    assert t.admit("10.0.0.9") == 0
+    clock.advance(1.4)
+    assert t.failed("10.0.0.1", 1) == 4  # the first paced check failed too
+    clock.advance(4)
+    assert t.admit("10.0.0.1") == 0  # waited for its 535
+    assert t.admit("10.0.0.1") == 4
