@@ -277,6 +277,7 @@ class SecureSession:
         try:
             creator = self._tlsCreator()
         except TLSSetupError as e:
+            log.warning(f"smtp: STARTTLS refused, 454: {e.args[0].decode()}")
             return self.reply(b"454 TLS " + e.args[0] + b" (#4.3.0)")
         self.reply(READY)
         self._flushReplies()

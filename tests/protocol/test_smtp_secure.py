@@ -130,12 +130,15 @@ def test_received_says_esmtps(root):
                            b"  by 127.0.0.1 with ESMTPS; ")
 
 
-def test_tls_setup_failure_454(root):
-    """A servercert.pem that cannot be used: 454 TLS <reason>, and the session goes on."""
+def test_tls_setup_failure_454(root, qmailLines):
+    """A servercert.pem that cannot be used: 454 TLS <reason>, and the session goes on; the
+    log says why (without it, submission that needs TLS fails with no trace)."""
     (root / "control" / "servercert.pem").write_bytes(b"not a certificate\n")
     s = SecureSession(root)
     lines = s.lines(b"STARTTLS\r\n")
     assert len(lines) == 1 and lines[0].startswith(b"454 TLS ") and lines[0].endswith(b"(#4.3.0)")
+    reason = lines[0][len(b"454 TLS "):-len(b" (#4.3.0)")].decode()
+    assert qmailLines == [f"warning: smtp: STARTTLS refused, 454: {reason}"]
     assert s.lines(b"NOOP\r\n") == [b"250 ok"]
     assert s.lines(b"STARTTLS\r\n") == lines
     assert SecureSession(root).lines(b"STARTTLS\r\n") == lines
