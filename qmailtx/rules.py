@@ -366,7 +366,9 @@ class RulesSource:
             )
         with open(self.path, "rb") as f:
             data = f.read(RULES_SIZE_LIMIT + 1)
-        if self.isCdb or looksLikeCdb(data):
+        if self.isCdb or looksLikeCdb(data) or b"\0" in data[:2048]:
+            # Rules text has no NUL in its first lines; a cdb's table always has some, so
+            # a cdb cut short (a copy caught half-way) is a bad cdb, not text without rules.
             return Rules.fromCdb(data)
         return Rules.fromText(data)
 
@@ -388,13 +390,16 @@ class RulesSource:
         try:
             rules = self._read(st)
         except (OSError, RulesError) as e:
-            if isinstance(e, OSError):
+            unreadable = isinstance(e, OSError)
+            if unreadable:
                 e = RulesError(f"unable to read {self.path}: {djbErrorText(e)}")
             e.path = self.path
             if initial:
                 raise e
             self._identity = identity
-            if self._rules is None:
+            if self._rules is None or unreadable:
+                # A file that cannot be read drops connections, as tcpserver's would; one
+                # whose content is bad (a typo, a cdb cut short) keeps the rules before it.
                 self._problem = e
             else:
                 self._problem = None
@@ -414,6 +419,19 @@ class RulesSource:
         if self._problem is not None:
             raise self._problem
         return self._rules
+
+
+def _present(path):
+    """Whether C{path} is there for the rules: a file that exists but cannot be looked at
+    (a symlink loop, a directory the daemon's user may not search) is there, and drops
+    connections, rather than letting everyone in as no rules file would."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
 
 
 class DefaultRulesSource:
@@ -443,7 +461,7 @@ class DefaultRulesSource:
         (C{rm} before writing a new one) does not let everyone in: the last file chosen
         stays, and, missing, drops connections until a candidate is back.
         """
-        path = next((p for p in self.candidates if os.path.exists(p)), None)
+        path = next((p for p in self.candidates if _present(p)), None)
         if path is not None and (self._source is None or self._source.path != path):
             self._source = RulesSource(path, self._every.clock, self._every.interval,
                                        strict=strict)

@@ -358,3 +358,71 @@ def test_defaultSourceBadFile(tmp_path):
     _replace(text, b"127.0.0.1:deny\n")
     clock.now += 1
     assert source.current().lookup("127.0.0.1").deny
+
+
+def test_defaultSourceUnreadableCandidateIsNotMissing(tmp_path):
+    """
+    A candidate that exists but cannot be looked at (a symlink loop here; a rules/
+    directory the daemon's user may not enter alike) is not a missing file: at start it
+    is a start-up error, and appearing later it drops connections, never letting everyone
+    in as no rules would (spec/rules.md §1 step 4: other read errors drop).
+    """
+    cdb, text = tmp_path / "smtp.cdb", tmp_path / "smtp"
+    os.symlink(cdb, cdb)
+    with pytest.raises(RulesError):
+        DefaultRulesSource([str(cdb), str(text)], clock=FakeClock())
+    os.unlink(cdb)
+    clock = FakeClock()
+    source = DefaultRulesSource([str(cdb), str(text)], clock=clock)
+    assert source.current() is None
+    os.symlink(cdb, cdb)
+    clock.now += 1
+    with pytest.raises(RulesError):
+        source.current()
+
+
+def test_sourceTruncatedCdbIsNotReadAsText(tmp_path, monkeypatch):
+    """
+    A cdb cut short (a cp caught half-way) at a path without .cdb is not rules text that
+    happens to hold no rule: at start it is an error; at a reload the previous rules stay.
+    """
+    warnings = []
+    monkeypatch.setattr(rules.log, "warning", warnings.append)
+    path = tmp_path / "tcp.smtp"
+    buildCdb(str(path), str(tmp_path / "t"), [(b"127.0.0.1", b"+\0")] + [
+        (b"10.0.0.%d" % i, b"D\0") for i in range(200)] + [(b"", b"D\0")])
+    whole = path.read_bytes()
+    for cut in (100, 2060, len(whole) - 10):
+        path.write_bytes(whole[:cut])
+        with pytest.raises(RulesError):
+            RulesSource(str(path))
+    path.write_bytes(whole)
+    clock = FakeClock()
+    source = RulesSource(str(path), clock=clock)
+    _replace(path, whole[:2060])
+    clock.now += 2
+    assert source.current().lookup("10.9.9.9").deny
+    assert len(warnings) == 1
+
+
+def test_sourceUnreadableAtReloadDrops(tmp_path, monkeypatch):
+    """A replacement that cannot be read (EACCES for the daemon's user) drops connections
+    until it can, as tcpserver does, rather than keeping rules the admin replaced."""
+    path = tmp_path / "tcp.smtp"
+    path.write_bytes(b":allow\n")
+    clock = FakeClock()
+    source = RulesSource(str(path), clock=clock)
+    _replace(path, b":deny\n")
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(rules, "open", refused, raising=False)
+    clock.now += 2
+    with pytest.raises(RulesError) as e:
+        source.current()
+    assert str(e.value) == f"unable to read {path}: access denied"
+    monkeypatch.undo()
+    os.chmod(path, 0o644)  # the admin's fix changes the file's ctime: it is read again
+    clock.now += 2
+    assert source.current().lookup("1.2.3.4").deny
