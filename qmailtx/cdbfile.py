@@ -46,10 +46,13 @@ def buildCdb(path, tmpPath, pairs):
     """
     Write C{pairs} (an iterable of C{(key, value)} bytes) to C{tmpPath}, fsync it, and
     rename it over C{path}.  Raises C{OSError}; on failure the old C{path} is untouched and
-    the temporary file is removed.
+    the temporary file is removed.  A new file is made 0644 as tcprules and qmail-newmrh
+    make theirs, whatever a permissive umask would allow: rules, morercpthosts and users
+    cdbs decide relaying and delivery.
     """
     try:
-        with open(tmpPath, "wb") as f:
+        fd = os.open(tmpPath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "wb") as f:
             writer = cdblib.Writer(f)
             for key, value in pairs:
                 writer.put(key, value)

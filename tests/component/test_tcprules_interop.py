@@ -300,3 +300,21 @@ def test_unreadableCdbUnprivileged(tmp_path):
             os.setegid(0)
     assert ours == (p.returncode, p.stdout, p.stderr)
     assert ours[0] == 111 and ours[2].endswith(b": access denied\n")
+
+
+def test_cdbModeIgnoresAPermissiveUmask(tmp_path):
+    """
+    Under umask 000 the real tcprules writes its cdb 0644 (it opens it so): ours too, so
+    that no local user can rewrite the rules (and with them RELAYCLIENT or QMAILQUEUE).
+    """
+    real = realTools()
+    old = os.umask(0)
+    try:
+        assert runReal([real[0], str(tmp_path / "real.cdb"), str(tmp_path / "real.tmp")],
+                       b":allow\n")[0] == 0
+        assert runOurs([str(tmp_path / "ours.cdb"), str(tmp_path / "ours.tmp")],
+                       b":allow\n")[0] == 0
+    finally:
+        os.umask(old)
+    modes = {name: (tmp_path / name).stat().st_mode & 0o7777 for name in ("real.cdb", "ours.cdb")}
+    assert modes == {"real.cdb": 0o644, "ours.cdb": 0o644}
