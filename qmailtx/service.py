@@ -25,7 +25,7 @@ from qmailtx.qqprogram import ProgramQueue
 from qmailtx.queue import Queue
 from qmailtx.results import StartRefused
 from qmailtx.rootdir import blockedAncestor, createRoot
-from qmailtx.rules import DefaultRulesSource, RulesSource
+from qmailtx.rules import DefaultRulesSource, RulesError, RulesSource
 from qmailtx.smtpfactory import SMTPFactory
 from qmailtx.tcpserver import RulesFactory
 
@@ -225,6 +225,18 @@ def _refusedHook(previous):
     return hook
 
 
+class _RefusedStart(service.Service):
+    """A start found impossible while the tree was built (rules that cannot be used): said
+    as qmail-send's refusals are, from privilegedStartService, before anything listens."""
+
+    def __init__(self, why):
+        self.why = why
+
+    def privilegedStartService(self):
+        log.alert("cannot start: " + self.why)
+        raise StartRefused(self.why)
+
+
 class ListenerService(service.Service):
     """One endpoint: listens in privilegedStartService so low ports bind before shedding root."""
 
@@ -362,6 +374,14 @@ def makeQmailService(config, reactor=None):
         site.listenerQueue = QmqpQueue(site.controls, reactor, port=config["qmqpport"])
         log.event("null client: listeners hand messages to control/qmqpservers")
     top = QmailService(site)
+    rules = {}
+    for kind, _ in config["listeners"]:
+        rulesPath = config["rules"].get(kind)
+        try:
+            rules[kind] = RulesSource(rulesPath) if rulesPath else site.defaultRules(kind)
+        except RulesError as e:
+            _RefusedStart(f"unable to use the {kind} rules {e.path}: {e}").setServiceParent(top)
+            return top
     FlusherService(site.queue, reactor).setServiceParent(top)
     addDelivery(site, top)
     pool = None
@@ -375,11 +395,10 @@ def makeQmailService(config, reactor=None):
         factory = LISTENERS[kind](site, config)
         if pool is not None and handsOff(kind, description):
             factory = HandOffFactory(pool, kind, factory)
-        rulesPath = config["rules"].get(kind)
         wrapped = RulesFactory(
             factory,
             kind,
-            rules=RulesSource(rulesPath) if rulesPath else site.defaultRules(kind),
+            rules=rules[kind],
             maxConnections=config["maxconn"].get(kind, DEFAULT_MAXCONN),
             maxPerIP=config["maxperip"].get(kind, 0),
             reactor=reactor,

@@ -161,3 +161,24 @@ def test_refusedStartAsDaemon(daemon, tmp_path):
     assert result.returncode != 0
     assert "unable to listen for smtp" in result.stdout + result.stderr
     assert not pidfile.exists()
+
+
+@pytest.mark.parametrize("where", ["named", "default"])
+def test_unusableRulesRefuseTheStart(qmailRoot, tmp_path, where):
+    """
+    Rules that cannot be used at start (a line tcprules would refuse), named with --rules
+    or found in rules/, end the start as other start-up trouble does: exit 111 with one
+    alert naming the file and the line, no traceback, nothing listening.
+    """
+    from tests.service.daemon import Daemon
+
+    bad = tmp_path / "smtp.rules" if where == "named" else qmailRoot / "rules" / "smtp"
+    for old in (qmailRoot / "rules").glob("smtp*"):
+        old.unlink()
+    bad.write_text("127.0.0.1:Allow\n")
+    extra = ["--rules", f"smtp={bad}"] if where == "named" else []
+    log = refusedStartLog(Daemon(qmailRoot, extra=extra))
+    assert log.count("alert: cannot start: ") == 1, log
+    assert (f"alert: cannot start: unable to use the smtp rules {bad}: "
+            "unable to parse this line: 127.0.0.1:Allow") in log
+    assert "listening on" not in log and "Traceback" not in log
