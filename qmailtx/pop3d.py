@@ -251,6 +251,9 @@ class Transmitter:
     qmail-pop3d's message encoding, streaming: lines split at LF, a leading C{.} doubled,
     every line ended CRLF (a last line without LF too); with C{bodyLines} set, stop before
     body line C{bodyLines + 1}.  L{finish} adds the extra empty line and the C{.} line.
+
+    A line's bytes leave as they arrive (nothing is held back across chunks), so a message
+    of one very long line costs time and memory linear in one chunk, not in the line.
     """
 
     def __init__(self, bodyLines=None):
@@ -258,7 +261,6 @@ class Transmitter:
         self.atLineStart = True
         self.inHeader = True
         self.done = False
-        self._partial = b""
 
     def feed(self, chunk):
         """Encode C{chunk}; returns the bytes to send (may be empty)."""
@@ -273,34 +275,42 @@ class Transmitter:
         return self._feedLines(chunk)
 
     def _feedLines(self, chunk):
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
         out = []
-        for line in lines:
-            if not self._line(line, out):
-                self.done = True
+        pos = 0
+        end = len(chunk)
+        while pos < end:
+            if self.atLineStart:
+                if not self._startLine(chunk[pos:pos + 1]):
+                    self.done = True
+                    break
+                if chunk[pos:pos + 1] == b".":
+                    out.append(b".")
+                self.atLineStart = False
+            nl = chunk.find(b"\n", pos)
+            if nl < 0:
+                out.append(chunk[pos:])
                 break
+            out.append(chunk[pos:nl])
+            out.append(b"\r\n")
+            self.atLineStart = True
+            pos = nl + 1
         return b"".join(out)
 
-    def _line(self, line, out):
+    def _startLine(self, first):
+        """A line begins with byte C{first}: count it; C{False} if TOP stops before it."""
         if not self.inHeader:
             if self.bodyLines <= 0:
                 return False
             self.bodyLines -= 1
-        elif not line:
+        elif first == b"\n":
             self.inHeader = False
-        out.append(b"." + line + b"\r\n" if line[:1] == b"." else line + b"\r\n")
         return True
 
     def finish(self):
         """The bytes that end the transmission."""
         out = []
-        if self.bodyLines is None:
-            if not self.atLineStart:
-                out.append(b"\r\n")
-        elif not self.done and self._partial:
-            self._line(self._partial, out)
+        if not self.atLineStart:
+            out.append(b"\r\n")
         self.done = True
         out.append(b"\r\n.\r\n")
         return b"".join(out)
