@@ -207,7 +207,8 @@ ALLOW_BY_DEFAULT = RuleMatch(None, False, {})
 
 
 def matchFromValue(key, value):
-    """Decode a rules value as tcpserver applies it: C{D} denies, C{+NAME=v} sets NAME."""
+    """Decode a rules value as tcpserver applies it: C{D} denies, C{+NAME=v} sets NAME
+    (an empty NAME is skipped: no program could be given it)."""
     deny = False
     env = {}
     for record in decodeRecords(value):
@@ -215,7 +216,7 @@ def matchFromValue(key, value):
             deny = True
         elif record[:1] == b"+":
             name, equals, val = record[1:].partition(b"=")
-            if equals:
+            if equals and name:
                 env[_text(name)] = _text(val)
     return RuleMatch(_text(key), deny, env)
 

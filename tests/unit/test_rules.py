@@ -158,6 +158,16 @@ def test_matchFromValue():
     assert m.env == {"A": "1", "C": "x=y"}
 
 
+def test_matchFromValueSkipsAnEmptyName():
+    """
+    tcprules accepts ',="x"' (an empty name; tcpserver exports '=x'), but no program can
+    be given such a variable from Python: it made every QMAILQUEUE run and checkpassword
+    call of those clients fail.  It is skipped; the rest of the rule applies.
+    """
+    m = matchFromValue(b"127.0.0.3", b"+QMAILQUEUE=/bin/qq\0+=x\0+RELAYCLIENT=\0")
+    assert m.env == {"QMAILQUEUE": "/bin/qq", "RELAYCLIENT": ""}
+
+
 def test_lookupFirstKeyWins():
     """A more specific key shadows broader ones; the first duplicate is used."""
     r = Rules.fromText(
