@@ -73,9 +73,6 @@ def describe(queue, msgid, out):
 def main(argv):
     root = toolRoot(argv)
     out = sys.stdout.buffer
-    if root is None:
-        sys.stderr.write(f"{argv[0]}: usage: qmailtx {argv[0]} [--root DIR]\n")
-        return 100
     queue = os.path.join(root, "queue")
     if not os.path.isdir(queue):
         out.write(b"fatal: unable to chdir: file does not exist\n")

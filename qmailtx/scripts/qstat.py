@@ -11,10 +11,12 @@ from qmailtx.scripts.common import takeRoot
 
 
 def toolRoot(argv):
-    """The qmail root for an inspection tool, or C{None} for a usage error (other arguments)."""
-    args = list(argv[1:])
-    root = takeRoot(args)
-    return None if args else root
+    """
+    The qmail root for an inspection tool (qstat, qread, showctl).  Arguments other than
+    C{--root DIR} are ignored: qmail's tools take none and ignore what they are given, so
+    C{mailq -v} and scripts passing flags still get the listing.
+    """
+    return takeRoot(list(argv[1:]))
 
 
 def countFiles(path):
@@ -31,9 +33,6 @@ def _raise(error):
 
 def main(argv):
     root = toolRoot(argv)
-    if root is None:
-        sys.stderr.write(f"{argv[0]}: usage: qmailtx {argv[0]} [--root DIR]\n")
-        return 100
     queue = os.path.join(root, "queue")
     try:
         mess = countFiles(os.path.join(queue, "mess"))

@@ -188,9 +188,6 @@ def report(root):
 
 def main(argv):
     root = toolRoot(argv)
-    if root is None:
-        sys.stderr.write(f"{argv[0]}: usage: qmailtx {argv[0]} [--root DIR]\n")
-        return 100
     text, code = report(root)
     sys.stdout.buffer.write(text)
     sys.stdout.buffer.flush()

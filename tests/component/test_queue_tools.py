@@ -159,6 +159,21 @@ def test_qstatQmailhome(root):
     assert p.stdout == b"messages in queue: 0\nmessages in queue but not yet preprocessed: 0\n"
 
 
+def test_inspectionToolsIgnoreArguments(root):
+    """qstat, qread and showctl ignore every argument but --root, as qmail's take none: same output, exit 0."""
+    preprocessed(root, 47, b"a@b", remote=[b"Tc@d"])
+    os.mkdir(os.path.join(root, "control"))
+    for name in ("qstat", "qread", "showctl"):
+        plain = tool(name, root)
+        assert plain[0] == 0 and plain[1]
+        for args in (["--root", root, "-v"], ["x", "--root", root, "-bp"], ["--root", root, "--", "-z"]):
+            p = subprocess.run(TOOL + [name] + args, capture_output=True)
+            assert (p.returncode, p.stdout, p.stderr) == (0, plain[1], b""), (name, args)
+    env = dict(os.environ, QMAILHOME=root)
+    p = subprocess.run(TOOL + ["qstat", "-s"], capture_output=True, env=env)
+    assert (p.returncode, p.stdout) == (0, tool("qstat", root)[1])
+
+
 def preprocessed(root, msgid, sender, local=(), remote=(), bounce=False, mtime=1732217160, body=b"x" * 10):
     """Lay out one message the way qmail-send leaves it after preprocessing."""
     q = os.path.join(root, "queue")
