@@ -26,7 +26,7 @@ WRAPPERS = {
     "sendmail": ("sendmail", True),
     "preline": ("preline", False),
     "qmail-qread": ("qread", True),
-    "mailq": ("qread", True),
+    "mailq": ("mailq", True),
     "qmail-qstat": ("qstat", True),
     "maildirmake": ("maildirmake", False),
     "tcprules": ("tcprules", False),

@@ -60,6 +60,21 @@ def injectArguments(headerRecipients, sender, recipients):
     return argv + ["--"] + list(recipients)
 
 
+def optionsBefore(args):
+    """
+    The options of the words before the one getopt fails on.  qmail's sendmail acts on
+    each option as getopt returns it, so a C{-bp} or C{-bs} ahead of a bad flag still
+    runs (C{mailq -bp -z} lists the queue); only C{-b} acts at once, and it always ends
+    its word, so whole words are enough.
+    """
+    for end in range(len(args) - 1, -1, -1):
+        try:
+            return inject.getopt(args[:end], SPEC, swallow="EJ")[0]
+        except inject.GetoptError:
+            continue
+    return []
+
+
 def mailq(root):
     from qmailtx.scripts import qread
     return qread.main(["qread", "--root", root])
@@ -111,9 +126,9 @@ def run(argv, environ):
         return _fatal(b"unable to switch to qmail home directory")
     try:
         options, rest = inject.getopt(args, SPEC, swallow="EJ")
+        error = None
     except inject.GetoptError as e:
-        sys.stderr.write(progname + ": " + str(e) + "\n")
-        return _usage()
+        options, rest, error = optionsBefore(args), [], e
     headerRecipients, sender = False, None
     for letter, value in options:
         if letter == "t":
@@ -130,6 +145,9 @@ def run(argv, environ):
                 return smtpd(root, environ)
             if mode != "m":
                 return _usage()
+    if error is not None:
+        sys.stderr.write(progname + ": " + str(error) + "\n")
+        return _usage()
     if progname == "mailq":
         return mailq(root)
     if progname == "newaliases":

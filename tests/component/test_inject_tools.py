@@ -269,7 +269,28 @@ def test_installCompatWrappers(root, tmp_path):
     mailq = run([], cwd=str(elsewhere), command=[str(bindir / "mailq")])
     qread = run([], cwd=str(elsewhere), command=[str(bindir / "qmail-qread")])
     assert (mailq.returncode, mailq.stdout, mailq.stderr) == (0, qread.stdout, qread.stderr)
-    assert b" qread --root " in (bindir / "mailq").read_bytes()
+    assert b" mailq --root " in (bindir / "mailq").read_bytes()
+
+
+def test_installCompatMailqTakesSendmailFlags(root, tmp_path):
+    """bin/mailq is sendmail invoked as mailq: sendmail's flags and arguments are accepted and the queue listed; an unknown flag is sendmail's usage, 100."""
+    assert run(["install-compat", str(root)]).returncode == 0
+    queue = root / "queue"
+    (queue / "mess" / "8" / "100").write_bytes(b"x" * 10)
+    (queue / "info" / "8" / "100").write_bytes(b"Fme@x.org\0")
+    (queue / "remote" / "8" / "100").write_bytes(b"Tr@y.org\0")
+    mailq = [str(root / "bin" / "mailq")]
+    qread = run([], cwd=str(tmp_path), command=[str(root / "bin" / "qmail-qread")])
+    assert b" #100  10  <me@x.org> \n\tremote\tr@y.org\n" in qread.stdout
+    for args in (["-v"], ["-i", "-oem", "r@y.org"], ["-bp", "-z"], ["-bm"]):
+        result = run(args, cwd=str(tmp_path), command=mailq)
+        assert (result.returncode, result.stdout, result.stderr) == (0, qread.stdout, b""), args
+    usage = b"sendmail: usage: sendmail [ -t ] [ -fsender ] [ -Fname ] [ -bp ] [ -bs ] [ arg ... ]\n"
+    result = run(["-z"], cwd=str(tmp_path), command=mailq)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        100, b"", b"mailq: illegal option -- z\n" + usage)
+    result = run(["sendmail", "--root", str(root), "-bp", "-z"], cwd=str(tmp_path))
+    assert (result.returncode, result.stdout, result.stderr) == (0, qread.stdout, b"")
 
 
 def test_installCompatQueueWrapperFromQmailCaller(root, tmp_path):
