@@ -235,10 +235,32 @@ class POP3Server(Popup, Pop3d, protocol.Protocol, TimeoutMixin):
         self.close()
 
 
+def greetingSerials(clock=time.time):
+    """
+    Greeting serials (the C{PID} of C{<PID.UNIXTIME@HOST>}), counting from the clock in
+    microseconds: no process issues a million greetings a second, so a daemon started
+    later counts from above whatever an earlier one reached, and a restart within the same
+    second repeats no timestamp (RFC 1939 §7: every greeting's must differ).
+    """
+    return itertools.count(int(clock() * 1000000))
+
+
+_greetingSerials = None
+"""The process's serials, shared by every POP3 and POP3S listener (L{POP3Factory})."""
+
+
+def _nextSerial():
+    global _greetingSerials
+    if _greetingSerials is None:
+        _greetingSerials = greetingSerials()
+    return next(_greetingSerials)
+
+
 class POP3Factory(protocol.Factory):
     """
     Builds L{POP3Server}s for one listener.  C{implicitTLS} marks a POP3S listener (TLS is
-    already active when the protocol starts).
+    already active when the protocol starts).  Greeting serials come from one counter per
+    process, so two listeners never hand out the same APOP timestamp.
     """
 
     busyReply = b"-ERR too many connections\r\n"
@@ -247,10 +269,9 @@ class POP3Factory(protocol.Factory):
         self.config = config
         self.reactor = reactor
         self.implicitTLS = implicitTLS
-        self._serials = itertools.count(int(time.time()) % 100000 * 1000 + os.getpid() % 1000)
 
     def buildProtocol(self, addr):
-        p = POP3Server(self.config, self.reactor, next(self._serials))
+        p = POP3Server(self.config, self.reactor, _nextSerial())
         p.factory = self
         return p
 

@@ -140,3 +140,34 @@ def test_quitUpdatesDeletedAndNew():
     assert transport.value() == (b"+OK \r\n+OK \r\n+OK \r\n1 1\r\n4 4\r\n.\r\n+OK 4 5\r\n"
                                  b"+OK \r\n")
     assert box.updates == [([b"cur/b:2,", b"new/c"], [b"new/a"])]
+
+
+def test_greetingStampsDifferAcrossListeners():
+    """
+    Every greeting's APOP timestamp differs (RFC 1939 §7), also between the POP3 and POP3S
+    listeners of one daemon: their factories once counted from the same number.
+    """
+    reactor = MemoryReactorClock()
+    config = pop3.POP3Config(hostname=b"h.example", checkpassword=[b"/bin/false"],
+                             mailboxes=FakeBoxes(), refuseRoot=False)
+    stamps = set()
+    factories = [pop3.POP3Factory(config, reactor),
+                 pop3.POP3Factory(config, reactor, implicitTLS=True)]
+    for _ in range(3):
+        for factory in factories:
+            proto = factory.buildProtocol(None)
+            proto.makeConnection(StringTransport())
+            stamps.add(proto.timestamp)
+    assert len(stamps) == 6
+
+
+def test_greetingSerialsGrowAcrossRestarts():
+    """
+    A daemon started later counts from a higher number than an earlier one reached (it
+    starts from the clock in microseconds), so a restart within one second cannot repeat
+    a timestamp of the previous process.
+    """
+    first = pop3.greetingSerials(clock=lambda: 1000.0)
+    for _ in range(1000):
+        reached = next(first)
+    assert next(pop3.greetingSerials(clock=lambda: 1000.01)) > reached
