@@ -1,6 +1,7 @@
 """
 C{qmailtx maildirmake DIR}: qmail's maildirmake (spec/local.md §10): DIR, DIR/tmp, DIR/new,
-DIR/cur, each mode 0700; any of them existing is fatal (111), no argument is usage (100).
+DIR/cur, each mode 0700; any of them existing is fatal (111), no argument is usage (100),
+arguments after DIR are ignored.
 """
 
 import os
@@ -11,7 +12,7 @@ from qmailtx.maildir import SUBDIRS
 
 
 def main(argv):
-    if len(argv) != 2:
+    if len(argv) < 2:
         sys.stderr.write("maildirmake: usage: maildirmake name\n")
         return 100
     path = os.fsencode(argv[1])

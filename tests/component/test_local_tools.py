@@ -324,3 +324,11 @@ def test_maildirmakeSaysWhatQmailSays(tmp_path):
     assert (result.returncode, result.stderr) == (
         111, b"maildirmake: fatal: unable to mkdir M: file already exists\n")
     assert run(["maildirmake"], cwd=tmp_path).returncode == 100
+
+
+def test_maildirmakeIgnoresExtraArguments(tmp_path):
+    """Only the first name is made; further arguments are ignored, as qmail's maildirmake does."""
+    result = run(["maildirmake", "A", "B"], cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert sorted(os.listdir(tmp_path / "A")) == ["cur", "new", "tmp"]
+    assert not (tmp_path / "B").exists()
