@@ -137,6 +137,11 @@ class POP3Server(Popup, Pop3d, protocol.Protocol, TimeoutMixin):
             self._buffer = self._buffer[end + 1:]
             if line.endswith(b"\r"):
                 line = line[:-1]
+            nul = line.find(b"\0")
+            if nul >= 0:
+                # qmail-popup and qmail-pop3d parse a command as a C string: it ends at the
+                # NUL, so a client cannot choose the checkpassword fields that follow one.
+                line = line[:nul]
             self.resetTimeout()
             if self.state == "authorization":
                 self.authorizationLine(line)

@@ -58,9 +58,9 @@ def parsePlain(data):
 
 
 def parseCram(data):
-    """CRAM-MD5 response C{user SP hexdigest} ⇒ (user, digest)."""
+    """CRAM-MD5 response C{user SP hexdigest} ⇒ (user, digest); a NUL in it is malformed."""
     user, sep, digest = data.rpartition(b" ")
-    if not sep or not user or not digest:
+    if not sep or not user or not digest or b"\0" in data:
         raise MalformedAuth()
     return user, digest
 
@@ -205,7 +205,8 @@ class Popup:
                 return self._challenge(PROMPT_PASSWORD)
             else:
                 login, password, challenge = self.sasl[1], data, self.timestamp
-                if not login or not password:
+                if not login or not password or b"\0" in login or b"\0" in password:
+                    # A NUL would end the field on fd 3 and start the next one.
                     raise MalformedAuth()
         except MalformedAuth:
             return self._saslFail(ERR_AUTH_MALFORMED)

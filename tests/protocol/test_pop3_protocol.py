@@ -171,3 +171,44 @@ def test_greetingSerialsGrowAcrossRestarts():
     for _ in range(1000):
         reached = next(first)
     assert next(pop3.greetingSerials(clock=lambda: 1000.01)) > reached
+
+
+def test_commandEndsAtNUL():
+    """
+    A command ends at its first NUL, as qmail-popup's C strings do: the client cannot put
+    a NUL into a checkpassword field and choose the fd-3 fields after it (an APOP digest
+    followed by an old timestamp would replay that old login).
+    """
+    proto, transport, _, calls = make()
+    proto.dataReceived(b"APOP joe 0123abcd\0<1.2@old>\r\n")
+    assert calls[0][2:5] == (b"joe", b"0123abcd", proto.timestamp)
+    proto, transport, _, calls = make()
+    transport.clear()
+    proto.dataReceived(b"USER alice\0secret\r\nPASS x\r\n")
+    assert transport.value() == b"+OK \r\n-ERR authorization failed\r\n"
+    assert calls[0][2:5] == (b"alice", b"x", proto.timestamp)
+    proto, transport, _, calls = make()
+    transport.clear()
+    proto.dataReceived(b"APOP jo\0e 0123abcd\r\nNOOP\0 x\r\n")
+    assert transport.value() == b"-ERR syntax error\r\n+OK \r\n"
+    assert calls == []
+
+
+def test_saslFieldWithNULIsMalformed():
+    """A decoded AUTH LOGIN or CRAM-MD5 field holding a NUL is malformed, as in SMTP AUTH."""
+    import base64
+
+    for exchange in ([b"AUTH LOGIN " + base64.b64encode(b"alice\0secret"), b"eA=="],
+                     [b"AUTH LOGIN", b"YWxpY2U=", base64.b64encode(b"x\0y")]):
+        proto, transport, _, calls = make()
+        proto.config.cramMD5 = True
+        transport.clear()
+        proto.dataReceived(b"".join(line + b"\r\n" for line in exchange))
+        assert transport.value().endswith(b"-ERR malformed auth input\r\n")
+        assert calls == []
+    proto, transport, _, calls = make()
+    proto.config.cramMD5 = True
+    transport.clear()
+    proto.dataReceived(b"AUTH CRAM-MD5\r\n" + base64.b64encode(b"al\0ice 0123") + b"\r\n")
+    assert transport.value().endswith(b"-ERR malformed auth input\r\n")
+    assert calls == []

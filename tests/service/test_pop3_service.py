@@ -182,6 +182,39 @@ class AuthorizationTests(POP3ServiceBase):
                 self.assertEqual(f.read(), b"apopper| abc def|" + stamp)
         return self.run_(client).addCallback(check)
 
+    def test_nulEndsTheCommand(self):
+        """
+        A NUL ends the command (qmail-popup's C strings): C{APOP name digest\\0<old stamp>}
+        reaches the checker with this greeting's timestamp, not the old one, and
+        C{USER joe\\0secret} names user joe, whose password is not C{x}.
+        """
+        with open(self.checker + ".db", "a") as f:
+            f.write("apopper:*\n")
+        os.makedirs(os.path.join(self.dir, "home", "apopper"))
+        probe = self.checker + ".probe"
+        with open(self.checker) as f:
+            script = f.read()
+        with open(self.checker, "w") as f:
+            f.write(script.replace('exec 3<&-\n', 'exec 3<&-\nprintf "%s|%s|%s" "$login" "$pass" "$stamp" > "$0.probe"\n'))
+        def client():
+            r = self.raw()
+            g = r.line()
+            apop = r.cmd(b"APOP apopper 0123abcd\0<1.1@pop.example.com>")
+            r.close()
+            with open(probe, "rb") as f:
+                seen = f.read()
+            r = self.raw()
+            r.line()
+            user = r.cmd(b"USER joe\0secret")
+            return g, apop, seen, user, r.cmd(b"PASS x"), r.closed()
+        def check(result):
+            g, apop, seen, user, password, closed = result
+            self.assertEqual(apop, b"-ERR this user has no $HOME/Maildir\r\n")
+            self.assertEqual(seen, b"apopper|0123abcd|" + g[4:-2])
+            self.assertEqual((user, password, closed),
+                             (b"+OK \r\n", b"-ERR authorization failed\r\n", True))
+        return self.run_(client).addCallback(check)
+
     def test_poplibLogin(self):
         """poplib's user/pass_/stat/list/uidl/retr/dele/quit run against the server."""
         def client():
