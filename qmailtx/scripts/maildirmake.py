@@ -1,7 +1,7 @@
 """
 C{qmailtx maildirmake DIR}: qmail's maildirmake (spec/local.md §10): DIR, DIR/tmp, DIR/new,
-DIR/cur, each mode 0700; any of them existing is fatal (111), no argument is usage (100),
-arguments after DIR are ignored.
+DIR/cur, each mode 0700 under umask 077 (set here, as qmail does); any of them existing is
+fatal (111), no argument is usage (100), arguments after DIR are ignored.
 """
 
 import os
@@ -12,6 +12,7 @@ from qmailtx.maildir import SUBDIRS
 
 
 def main(argv):
+    os.umask(0o077)  # as qmail's maildirmake: a caller's stricter umask must not leave DIR unwritable
     if len(argv) < 2:
         sys.stderr.write("maildirmake: usage: maildirmake name\n")
         return 100

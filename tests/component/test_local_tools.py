@@ -5,8 +5,10 @@ The local-delivery tools as commands: newu, pw2u, preline, local (-n), dotqm, qm
 
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -332,3 +334,42 @@ def test_maildirmakeIgnoresExtraArguments(tmp_path):
     assert (result.returncode, result.stderr) == (0, b"")
     assert sorted(os.listdir(tmp_path / "A")) == ["cur", "new", "tmp"]
     assert not (tmp_path / "B").exists()
+
+
+def test_maildirmakeSetsUmask(tmp_path):
+    """maildirmake sets umask 077 itself: under umask 0277 every directory is still mode 0700, and an unprivileged caller can make it."""
+    full = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "qmailtx.scripts.main", "maildirmake"]
+    result = subprocess.run(command + ["M"], cwd=tmp_path, env=full, umask=0o277,
+                            capture_output=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, b"")
+    for sub in ("", "tmp", "new", "cur"):
+        assert (tmp_path / "M" / sub).stat().st_mode & 0o7777 == 0o700, sub
+    if os.getuid() != 0:
+        return
+    top = tempfile.mkdtemp(prefix="qmailtx-maildirmake-", dir="/tmp")
+    try:
+        os.chmod(top, 0o755)
+        os.chown(top, 65534, 65534)
+        assert maildirmakeAs(65534, top, 0o277, "N2") == 0
+        assert sorted(os.listdir(os.path.join(top, "N2"))) == ["cur", "new", "tmp"]
+        assert os.stat(os.path.join(top, "N2")).st_mode & 0o7777 == 0o700
+    finally:
+        shutil.rmtree(top)
+
+
+def maildirmakeAs(uid, cwd, umask, name):
+    """Fork, set C{umask}, drop to C{uid} in C{cwd} (the venv's python may not be executable by it), run maildirmake's main()."""
+    from qmailtx.scripts import maildirmake
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.umask(umask)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.chdir(cwd)
+            os._exit(maildirmake.main(["maildirmake", name]))
+        except BaseException:
+            os._exit(200)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
