@@ -5,7 +5,6 @@ Feeds C{cmd} the UFLINE, RPLINE and DTLINE from the environment (unless C{-f}, C
 uppercase flags turn them back on), then its own stdin; exits with cmd's status.
 """
 
-import getopt
 import os
 import subprocess
 import sys
@@ -15,8 +14,33 @@ from qmailtx.users import isTemporaryErrno
 
 USAGE = b"preline: usage: preline cmd [ arg ... ]\n"
 FATAL = b"preline: fatal: "
+FLAGS = "frdFRD"
 COPY_CHUNK = 65536
 """Bytes per read while copying stdin to the command."""
+
+
+def flags(args):
+    """
+    djb's getopt (subgetopt.c) for preline's flag letters: options end at the first word
+    not starting with C{-}, at C{-} alone (kept), or at any word starting with C{--}
+    (dropped, so C{--x cmd} runs cmd).
+
+    @return: C{(letters, rest)}.
+    @raise ValueError: with the unknown letter as its text.
+    """
+    letters, i = [], 0
+    while i < len(args):
+        word = args[i]
+        if not word.startswith("-") or word == "-":
+            break
+        i += 1
+        if word.startswith("--"):
+            break
+        for letter in word[1:]:
+            if letter not in FLAGS:
+                raise ValueError(letter)
+            letters.append(letter)
+    return letters, args[i:]
 
 
 def _fatal(text, code=111):
@@ -33,12 +57,13 @@ def main(argv):
         return 100
     wanted = {b"f": True, b"r": True, b"d": True}
     try:
-        opts, args = getopt.getopt(argv[1:], "frdFRD")
-    except getopt.GetoptError:
-        sys.stderr.buffer.write(USAGE)
+        letters, args = flags(argv[1:])
+    except ValueError as e:
+        sys.stderr.buffer.write(b"preline: illegal option -- " + os.fsencode(str(e))[:1] + b"\n"
+                                + USAGE)
         return 100
-    for opt, _ in opts:
-        wanted[opt[1:].lower().encode()] = opt[1:].isupper()
+    for letter in letters:
+        wanted[letter.lower().encode()] = letter.isupper()
     if not args:
         sys.stderr.buffer.write(USAGE)
         return 100

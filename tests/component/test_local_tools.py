@@ -153,6 +153,19 @@ def test_prelineExitAndUsage():
     assert result.returncode == 100 and result.stderr.startswith(b"preline: fatal: unable to run")
 
 
+def test_prelineGetoptAsQmail():
+    """djb's getopt: an unknown letter is 'preline: illegal option -- x' before the usage (100); any word starting -- ends the options."""
+    usage = b"preline: usage: preline cmd [ arg ... ]\n"
+    for args, letter in ((["-x", "cat"], b"x"), (["-fx", "cat"], b"x"), (["-:", "cat"], b":")):
+        result = run(["preline"] + args, b"", LINES)
+        assert (result.returncode, result.stderr) == (
+            100, b"preline: illegal option -- " + letter + b"\n" + usage), args
+    result = run(["preline", "-x"], b"")
+    assert (result.returncode, result.stderr) == (100, usage)
+    result = run(["preline", "-f", "--x", "cat"], b"body\n", LINES)
+    assert (result.returncode, result.stdout) == (0, b"Return-Path: <s>\nDelivered-To: joe@h\nbody\n")
+
+
 def test_localDescribe(tmp_path):
     """C{qmailtx local -n} prints one line per instruction and the did line, delivering nothing."""
     home = tmp_path / "h"
