@@ -82,13 +82,17 @@ def readRaw(control, name):
 
 
 def show(control, entry, me):
-    """One file's paragraph (bytes) and whether the file had a value."""
+    """
+    One file's paragraph (bytes) and qmail's do_lst result as a truth: false only for a
+    missing file (0); a read error (-1) counts as true, so an unreadable rcpthosts gives
+    morercpthosts the "recipients at" wording, as in qmail-showctl.
+    """
     kind, name, default, pre, post = entry
     head = b"\n" + name.encode() + b": "
     try:
         data = readRaw(control, name)
     except OSError:
-        return head + b"Oops! Trouble reading this file.\n", False
+        return head + b"Oops! Trouble reading this file.\n", True
     pre, post = pre.encode(), post.encode()
     if kind == LIST:
         if data is None:

@@ -270,3 +270,16 @@ def test_showctlCdbStale(qmailRoot):
     out = showctl(qmailRoot)
     assert "\nmorercpthosts.cdb: Modified recently enough; hopefully up to date.\n" in out
     assert "\nmorercpthosts: \nSMTP clients may send messages to recipients at x.org.\n" in out
+
+
+def test_showctlUnreadableRcpthosts(qmailRoot):
+    """An unreadable rcpthosts counts as present, as qmail's do_lst returns -1 (true): morercpthosts gets the 'recipients at' wording."""
+    control = qmailRoot / "control"
+    (control / "rcpthosts").unlink()
+    (control / "rcpthosts").mkdir()
+    (control / "morercpthosts").write_bytes(b"x.org\n")
+    out = showctl(qmailRoot)
+    assert "\nrcpthosts: Oops! Trouble reading this file.\n" in out
+    assert "\nmorercpthosts: \nSMTP clients may send messages to recipients at x.org.\n" in out
+    (control / "morercpthosts").unlink()
+    assert "\nmorercpthosts: (Default.) No effect.\n" in showctl(qmailRoot)
