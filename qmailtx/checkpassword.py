@@ -117,10 +117,16 @@ class _CheckerProtocol(protocol.ProcessProtocol):
             self.report.append(data)
             self.reportSize += len(data)
 
+    def cancel(self, deferred):
+        """The caller gave up (its client hung up): no checker outlives its session."""
+        killChild(self.transport)
+
     def processEnded(self, reason):
         if self.killer is not None:
             self.killer.cancel()
             self.killer = None
+        if self.deferred.called:
+            return  # cancelled
         value = reason.value
         if getattr(value, "signal", None) is not None:
             self.deferred.errback(TempFailure(CRASHED))
@@ -148,7 +154,7 @@ def checkPassword(reactor, program, login, password, challenge,
         L{VERDICT_PROGRAM} and exit 0 alone is success, as for qmail-smtpd's AUTH.
     @return: L{Deferred} firing with L{Authenticated} (C{None} without C{report}); failing
         with L{Refused} (exit non-zero, or a field holding a NUL) or L{TempFailure}
-        (killed, timed out, cannot spawn, no report).
+        (killed, timed out, cannot spawn, no report).  Cancelling it kills the checker.
     """
     if b"\0" in login or b"\0" in password or b"\0" in challenge:
         # The field would end at the NUL and the rest become the next field.
@@ -156,10 +162,10 @@ def checkPassword(reactor, program, login, password, challenge,
     data = fd3Data(login, password, challenge)
     if len(data) > FD3_LIMIT:
         return defer.fail(Refused(AUTH_FAILED, 2))
-    d = defer.Deferred()
     childEnv = {b"PATH": DEFAULT_PATH}
     childEnv.update(env or {})
-    proto = _CheckerProtocol(data, login, d, reactor, timeout, report)
+    proto = _CheckerProtocol(data, login, None, reactor, timeout, report)
+    d = proto.deferred = defer.Deferred(proto.cancel)
     try:
         quiet = _devNull()
         reactor.spawnProcess(

@@ -77,6 +77,7 @@ class POP3Server(Popup, Pop3d, protocol.Protocol, TimeoutMixin):
     env = None
     _busy = False
     _readPaused = False
+    _checking = None
 
     def __init__(self, config, reactor, serial=0):
         self.config = config
@@ -103,6 +104,11 @@ class POP3Server(Popup, Pop3d, protocol.Protocol, TimeoutMixin):
         self.setTimeout(None)
         self.state = "closed"
         self._buffer = b""
+        if self._checking is not None:
+            # Kill the checker: a client that hangs up must not leave it running, or
+            # --maxconn would bound sessions but not checkers.
+            checking, self._checking = self._checking, None
+            checking.cancel()
         if self.mailbox is not None:
             self.mailbox.release()
             self.mailbox = None
@@ -195,9 +201,15 @@ class POP3Server(Popup, Pop3d, protocol.Protocol, TimeoutMixin):
                 value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape"))
         d = self.config.checker(self.reactor, self.config.checkpassword, login,
                                 password, challenge, self.config.checkTimeout, env)
+        self._checking = d
+        d.addBoth(self._checked)
         d.addCallback(self._cbChecked)
         d.addCallback(self._cbOpened)
         d.addErrback(self._ebLogin)
+
+    def _checked(self, result):
+        self._checking = None
+        return result
 
     def _cbChecked(self, who):
         if self.state == "closed":

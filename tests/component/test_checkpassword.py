@@ -22,6 +22,7 @@ exec 3<&-
 case "$login" in
   crash) kill -9 $$ ;;
   slow) exec sleep 30 ;;
+  slowpid) echo $$ > "$0.pid"; exec sleep 30 ;;
   temp) exit 111 ;;
   stamp) [ "$pass" = "$stamp" ] || exit 1 ;;
   joe) [ "$pass" = secret ] || exit 1 ;;
@@ -92,6 +93,31 @@ class CheckPasswordTests(unittest.TestCase):
         with self.assertRaises(TempFailure) as e:
             await self.check(b"slow", b"x", timeout=0.3)
         self.assertEqual(e.exception.text, b"aack, child crashed")
+
+    async def test_cancelKillsTheChecker(self):
+        """
+        Cancelling the check kills the checker: a POP3 client that hangs up must not leave
+        its checker running, or --maxconn would bound sessions but not checkers.
+        """
+        from twisted.internet import defer, task
+
+        d = self.check(b"slowpid", b"x")
+        pidFile = self.program[0].decode() + ".pid"
+        for _ in range(100):
+            if os.path.exists(pidFile) and os.path.getsize(pidFile):
+                break
+            await task.deferLater(reactor, 0.05)
+        with open(pidFile) as f:
+            pid = int(f.read())
+        d.cancel()
+        with self.assertRaises(defer.CancelledError):
+            await d
+        for _ in range(100):
+            if not os.path.exists("/proc/%d" % pid):
+                break
+            await task.deferLater(reactor, 0.05)
+        self.assertFalse(os.path.exists("/proc/%d" % pid), "the checker still runs")
+        await task.deferLater(reactor, 0.1)
 
     async def test_missingProgram(self):
         """A checker that cannot be started is a temporary failure (SMTP's 454 "child won't

@@ -212,3 +212,42 @@ def test_saslFieldWithNULIsMalformed():
     proto.dataReceived(b"AUTH CRAM-MD5\r\n" + base64.b64encode(b"al\0ice 0123") + b"\r\n")
     assert transport.value().endswith(b"-ERR malformed auth input\r\n")
     assert calls == []
+
+
+def test_hangUpCancelsTheChecker():
+    """
+    A client that hangs up while its checker runs has the checker cancelled (killed):
+    otherwise --maxconn bounds sessions but not checkers.  A check already answered is
+    not cancelled again, nor the mailbox open that follows it.
+    """
+    from twisted.python.failure import Failure
+
+    cancelled = []
+    checks = []
+
+    def checker(*args):
+        d = defer.Deferred(cancelled.append)
+        checks.append(d)
+        return d
+
+    proto, transport, _, _ = make(checker=checker)
+    proto.dataReceived(b"USER a\r\nPASS b\r\n")
+    proto.connectionLost(Failure(Exception("gone")))
+    assert cancelled == checks
+
+    opens = []
+
+    class Boxes:
+        def open(self, who, name):
+            opens.append(defer.Deferred(lambda d: opens.append("cancelled")))
+            return opens[0]
+
+    proto, transport, _, _ = make(checker=checker)
+    proto.config.mailboxes = Boxes()
+    proto.dataReceived(b"USER a\r\nPASS b\r\n")
+    checks[-1].callback(checkpassword.Authenticated(b"a", b"/home/a", 1000, 1000))
+    proto.connectionLost(Failure(Exception("gone")))
+    assert len(cancelled) == 1 and len(opens) == 1
+    box = RecordingBox([])
+    opens[0].callback(box)
+    assert box.released

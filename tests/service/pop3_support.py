@@ -20,7 +20,7 @@ exec 3<&-
 line=$(grep -F -x -- "$login:$pass" "$0.db" || grep -F -x -- "$login:*" "$0.db") || exit 1
 case "$login" in
   crash) kill -9 $$ ;;
-  slow) exec sleep 60 ;;
+  slow) echo $$ > "$0.slowpid"; exec sleep 60 ;;
 esac
 USER=$login HOME=$(dirname "$0")/home/$login SHELL=/bin/sh; export USER HOME SHELL
 cd "$HOME" || exit 111

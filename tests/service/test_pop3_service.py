@@ -138,6 +138,36 @@ class AuthorizationTests(POP3ServiceBase):
             self.assertEqual, (b"+OK 2 %d\r\n" % (len(MSG1) + len(MSG2)),
                                b"-ERR aack, child crashed\r\n", True))
 
+    def test_hangUpKillsTheChecker(self):
+        """
+        A client that hangs up while its checker runs leaves no checker behind: the
+        checker is killed with the session, so --maxconn bounds checkers too.
+        """
+        import time
+
+        pidFile = self.checker + ".slowpid"
+        self.config.checkTimeout = 30.0
+        def client():
+            slow = self.raw()
+            slow.line()
+            slow.cmd(b"USER slow")
+            slow.send(b"PASS x\r\n")
+            for _ in range(100):
+                if os.path.exists(pidFile) and os.path.getsize(pidFile):
+                    break
+                time.sleep(0.05)
+            with open(pidFile) as f:
+                pid = int(f.read())
+            slow.f.close()
+            slow.close()
+            for _ in range(100):
+                if not os.path.exists("/proc/%d" % pid):
+                    return True
+                time.sleep(0.05)
+            os.kill(pid, 9)
+            return False
+        return self.run_(client).addCallback(self.assertIs, True)
+
     def test_noMaildir(self):
         """A user whose home lacks the maildir gets qmail-pop3d's literal text and a close."""
         def client():
