@@ -31,6 +31,15 @@ def errorText(e):
     return _ERRORS.get(e.errno, e.strerror or "unknown error")
 
 
+def enterable(path):
+    """
+    Raise C{OSError} with the errno C{chdir(path)} would fail with (qmail-qread chdirs to
+    the root, then to C{queue}), without changing this process's directory: resolving
+    C{path/.} needs the same search permission and a directory.
+    """
+    os.stat(os.path.join(path, "."))
+
+
 def printable(data):
     """qmail-qread's filter: every byte outside 32–126 becomes C{_}."""
     return bytes(b if 32 <= b <= 126 else 95 for b in data)
@@ -74,8 +83,12 @@ def main(argv):
     root = toolRoot(argv)
     out = sys.stdout.buffer
     queue = os.path.join(root, "queue")
-    if not os.path.isdir(queue):
-        out.write(b"fatal: unable to chdir: file does not exist\n")
+    try:
+        enterable(root)
+        enterable(queue)
+    except OSError as e:
+        out.write(b"fatal: unable to chdir: %s\n" % errorText(e).encode())
+        out.flush()
         return 111
     for i in range(SPLIT):
         sub = os.path.join(queue, "info", str(i))

@@ -216,6 +216,52 @@ def test_qreadTrouble(root):
     assert (code, out) == (0, b"warning: trouble with #5: file does not exist\n")
 
 
+def qreadAs(uid, root):
+    """Fork, drop to C{uid}, run qread's main() with fd 1 on a pipe; its exit code and output."""
+    from qmailtx.scripts import qread
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.dup2(w, 1)
+            sys.stdout = open(1, "w", closefd=False)  # not pytest's capture
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            code = qread.main(["qread", "--root", root])
+            sys.stdout.flush()
+            os._exit(code)
+        except BaseException:
+            os._exit(200)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), out
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to switch to an unprivileged uid")
+def test_qreadCannotEnterQueue():
+    """A caller who cannot enter the root or queue/ gets qmail-qread's 'fatal: unable to chdir: access denied' on stdout, exit 111."""
+    base = tempfile.mkdtemp()
+    try:
+        os.chmod(base, 0o755)
+        root = os.path.join(base, "root")
+        os.mkdir(root, 0o755)
+        createLayout(os.path.join(root, "queue"))
+        os.chmod(os.path.join(root, "queue"), 0o700)
+        assert qreadAs(65534, root) == (111, b"fatal: unable to chdir: access denied\n")
+        os.chmod(os.path.join(root, "queue"), 0o755)
+        os.chmod(root, 0o700)
+        assert qreadAs(65534, root) == (111, b"fatal: unable to chdir: access denied\n")
+        os.chmod(root, 0o755)
+        assert qreadAs(65534, root) == (111, b"fatal: unable to opendir info/0: access denied\n")
+        assert qreadAs(65534, os.path.join(base, "none")) == (
+            111, b"fatal: unable to chdir: file does not exist\n")
+    finally:
+        shutil.rmtree(base)
+
+
 def showctl(root):
     code, out = tool("showctl", str(root))
     assert code == 0
