@@ -19,6 +19,7 @@ protocols.
 import errno
 import operator
 import os
+import stat
 import threading
 import time
 
@@ -296,10 +297,26 @@ class Maildir:
         return self.scan()
 
     def open(self, name):
-        """Open a listed message for reading (a binary file); raises L{OSError}."""
+        """
+        Open a listed message for reading (a binary file); raises L{OSError}.
+
+        Opened non-blocking and refused unless it is a regular file: a FIFO put in a
+        maildir would otherwise block the open until a writer came (for ever, jamming the
+        owner's worker, or the whole daemon where the open runs in the reactor's thread),
+        and a directory would open and then fail to read.
+        """
         if b"/" in name[4:] or name[:4] not in (b"new/", b"cur/"):
             raise OSError(errno.EINVAL, "not a message name")
-        return open(os.path.join(self.path, name), "rb", buffering=0)
+        fd = os.open(os.path.join(self.path, name),
+                     os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            os.set_blocking(fd, True)
+            return open(fd, "rb", buffering=0)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def update(self, deleted, kept):
         """

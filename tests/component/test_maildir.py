@@ -259,3 +259,35 @@ def test_deliveredNamesFromTheCurrentSecondWait(md):
     maildir.deliver(str(md), b"", io.BytesIO(b"b"), names=names)
     m = maildirscan.Maildir(str(md), cache=maildirscan.ScanCache(), clock=lambda: 1700000001.9)
     assert m.scan() == [(b"new/" + first, 1)]
+
+
+def test_openRefusesFifosAndDirectories(md):
+    """
+    Opening a listed name that is a FIFO neither blocks (no writer ever comes: it would
+    jam the POP3 worker, or the whole daemon when it opens in the reactor's thread) nor
+    succeeds; a directory is refused too.  Only regular files are messages.
+    """
+    import threading
+
+    fifo = md / "new" / "1.fifo.host"
+    os.mkfifo(fifo)
+    os.mkdir(md / "cur" / "2.dir.host:2,")
+    box = maildirscan.Maildir(str(md))
+    outcome = []
+
+    def opening(name):
+        try:
+            box.open(name).close()
+            outcome.append("opened")
+        except OSError:
+            outcome.append("refused")
+
+    t = threading.Thread(target=opening, args=(b"new/1.fifo.host",), daemon=True)
+    t.start()
+    t.join(3)
+    if t.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # let the stuck open go
+        t.join(3)
+        pytest.fail("open() of a FIFO blocked")
+    opening(b"cur/2.dir.host:2,")
+    assert outcome == ["refused", "refused"]

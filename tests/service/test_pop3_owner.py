@@ -86,6 +86,40 @@ class OwnerTests(Base):
             self.assertEqual(os.listdir(os.path.join(md, "cur")), ["1.x.host:2,"])
         return threads.deferToThread(client).addCallback(check)
 
+    def test_fifoDoesNotJamTheWorker(self):
+        """
+        A FIFO in the maildir answers '-ERR unable to open that message' at once and the
+        owner's worker goes on serving: its open once waited for a writer until restart.
+        """
+        import socket
+
+        home, md = self.home("joe", NOBODY)
+        fifo = os.path.join(md, "new", "0.fifo.host")
+        os.mkfifo(fifo)
+        os.chown(fifo, NOBODY, NOBODY)
+        os.utime(fifo, (1e9, 1e9))
+        with open(os.path.join(home, ".uid"), "w") as f:
+            f.write(str(NOBODY))
+        checker = S.makeChecker(self.dir, {"joe": "secret"})
+        boxes = pop3box.OwnerMailboxes(reactor, idle=0.1)
+        self.addCleanup(boxes.stopAll)
+        port = self.listen([checker.encode()], boxes, True)
+        def client():
+            r = S.Raw(port)
+            r.line()
+            r.cmd(b"USER joe")
+            r.cmd(b"PASS secret")
+            r.sock.settimeout(5)
+            try:
+                out = r.cmd(b"RETR 1"), r.cmd(b"RETR 2")
+            except socket.timeout:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # free the worker
+                out = None
+            r.close()
+            return out
+        return threads.deferToThread(client).addCallback(
+            self.assertEqual, (b"-ERR unable to open that message\r\n", b"+OK \r\n"))
+
     def test_rootRefused(self):
         """A checker that leaves the session at uid 0 is refused: '-ERR authorization failed'."""
         self.home("joe")

@@ -355,6 +355,31 @@ class TransactionTests(POP3ServiceBase):
         return self.run_(client).addCallback(
             self.assertEqual, (b"-ERR unable to open that message\r\n", b"+OK \r\n"))
 
+    def test_fifoIsNoMessage(self):
+        """
+        A FIFO in the maildir answers '-ERR unable to open that message' at once, and the
+        daemon goes on serving: its open once waited for a writer in the reactor's thread.
+        """
+        import socket
+
+        fifo = os.path.join(self.md, "new", "999.fifo.host")
+        os.mkfifo(fifo)
+        past = 1e9
+        os.utime(fifo, (past, past))
+        def client():
+            r = self.raw()
+            self.login(r)
+            r.sock.settimeout(5)
+            try:
+                out = r.cmd(b"RETR 1"), r.cmd(b"NOOP")
+            except socket.timeout:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # free the reactor
+                out = None
+            r.close()
+            return out
+        return self.run_(client).addCallback(
+            self.assertEqual, (b"-ERR unable to open that message\r\n", b"+OK \r\n"))
+
     def test_noChangeWithoutQuit(self):
         """A client that deletes and disconnects without QUIT changes nothing (no unlink, no new→cur)."""
         def client():
