@@ -323,14 +323,32 @@ class Maildir:
         qmail-pop3d's UPDATE: unlink every name in C{deleted}, then rename every name in
         C{kept} that is in new/ to C{cur/<x>:2,} (rename errors ignored).
 
+        A deleted name that is gone was moved meanwhile (another session renamed new/x to
+        cur/x:2,, or a reader changed its flags in cur/): it is unlinked where it now is,
+        found by its uid, so it does not come back at the next login.  qmail-pop3d counts
+        that ENOENT as a failure and leaves the message; a message gone from the maildir
+        altogether counts as deleted here.
+
         @return: how many unlinks failed (qmail-pop3d prints one error line for each).
         """
         failed = 0
+        moved = None
         for name in deleted:
             try:
                 os.unlink(os.path.join(self.path, name))
             except FileNotFoundError:
-                pass
+                if moved is None:
+                    moved = self._curByUid()
+                if moved is False:
+                    failed += 1
+                    continue
+                for now in moved.get(uidOf(name), ()):
+                    try:
+                        os.unlink(os.path.join(self.path, b"cur", now))
+                    except FileNotFoundError:
+                        pass
+                    except OSError:
+                        failed += 1
             except OSError:
                 failed += 1
         moved = {}
@@ -346,6 +364,18 @@ class Maildir:
                 pass
         self._noteUpdate(deleted, moved)
         return failed
+
+    def _curByUid(self):
+        """{uid: [names in cur/]}, or C{False} if cur/ cannot be listed."""
+        found = {}
+        try:
+            names = os.listdir(os.path.join(self.path, b"cur"))
+        except OSError:
+            return False
+        for name in names:
+            if not name.startswith(b"."):
+                found.setdefault(name.split(b":", 1)[0], []).append(name)
+        return found
 
     def _noteUpdate(self, deleted, moved):
         """Carry what we know across our own renames so the next login needs no stats."""

@@ -291,3 +291,21 @@ def test_openRefusesFifosAndDirectories(md):
         pytest.fail("open() of a FIFO blocked")
     opening(b"cur/2.dir.host:2,")
     assert outcome == ["refused", "refused"]
+
+
+def test_updateDeletesAMessageWhereItNowIs(md):
+    """
+    A message deleted as new/x that another session has meanwhile moved to cur/x:2, (or
+    whose flags changed in cur/) is unlinked where it now is, so it does not come back;
+    one already gone from the maildir counts as deleted.  A real unlink failure counts.
+    (qmail-pop3d answers the ENOENT '-ERR unable to unlink all deleted messages' and the
+    message comes back at the next login.)
+    """
+    for sub, name in (("cur", "x:2,"), ("cur", "y:2,ST"), ("cur", "xy:2,"), ("new", "z")):
+        (md / sub / name).write_bytes(b"m\n")
+    os.mkdir(md / "cur" / "w:2,S")
+    box = maildirscan.Maildir(str(md))
+    assert box.update([b"new/x", b"cur/y:2,S", b"new/gone", b"new/z"], []) == 0
+    assert sorted(os.listdir(md / "cur")) == ["w:2,S", "xy:2,"]
+    assert os.listdir(md / "new") == []
+    assert box.update([b"new/w"], []) == 1

@@ -409,6 +409,25 @@ class TransactionTests(POP3ServiceBase):
                              ["1000.a.host:2,", "1002.c.host:2,"])
         return self.run_(client).addCallback(check)
 
+    def test_quitDeletesWhereAnotherSessionMovedIt(self):
+        """
+        A message DELEted as new/x after another session's QUIT moved it to cur/x:2, is
+        unlinked there: QUIT answers '+OK ' and the message does not come back.
+        """
+        def client():
+            a = self.raw()
+            self.login(a)
+            b = self.raw()
+            self.login(b)
+            b.cmd(b"QUIT")
+            moved = sorted(os.listdir(os.path.join(self.md, "cur")))
+            a.cmd(b"DELE 1")
+            return moved, a.cmd(b"QUIT"), a.closed()
+        def check(result):
+            self.assertEqual(result, (["1000.a.host:2,", "1001.b.host:2,S"], b"+OK \r\n", True))
+            self.assertEqual(os.listdir(os.path.join(self.md, "cur")), ["1001.b.host:2,S"])
+        return self.run_(client).addCallback(check)
+
     def test_quitUnlinkFailure(self):
         """An unlink that fails prints '-ERR unable to unlink all deleted messages' and QUIT still ends '+OK '."""
         if os.getuid() == 0:
