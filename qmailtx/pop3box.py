@@ -121,6 +121,9 @@ OPEN_CHUNK = 65536
 LISTING_CACHE = 64
 """Maildir listings the daemon keeps, so an unchanged 50,000-message listing is not resent."""
 
+STDERR_LOGGED = 1000
+"""Bytes of one piece of a worker's stderr that are logged: its start and its end."""
+
 WORKER_IDLE = 300.0
 """Seconds an unused owner worker is kept, so its scan cache serves the next login."""
 
@@ -157,7 +160,10 @@ class _WorkerProtocol(protocol.ProcessProtocol):
                 self.pending.pop(0).callback(frame)
 
     def errReceived(self, data):
-        _log.warn("pop3session: {text}", text=data[:500].decode("utf-8", "replace"))
+        # A traceback names its cause last: keep the tail when it is long.
+        if len(data) > STDERR_LOGGED:
+            data = data[:STDERR_LOGGED // 2] + b"\n...\n" + data[-(STDERR_LOGGED // 2):]
+        _log.warn("pop3session: {text}", text=data.decode("utf-8", "replace"))
 
     def processEnded(self, reason):
         self.dead = True
@@ -271,10 +277,14 @@ class OwnerMailboxes:
         key = (uid, gid)
         w = self.workers.get(key)
         if w is None:
+            if uid == 0:
+                raise ValueError("no POP3 session as uid 0")
             w = _WorkerProtocol(self, key)
             env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": PACKAGE_ROOT}
-            self.reactor.spawnProcess(w, self.command[0], self.command, env=env, path="/",
-                                      uid=uid, gid=gid)
+            # The worker switches itself (setgroups([gid]), setgid, setuid): spawnProcess's
+            # uid= needs a passwd entry for the uid, and a mailbox owner need not have one.
+            command = list(self.command) + ["--uid", "%d" % uid, "--gid", "%d" % gid]
+            self.reactor.spawnProcess(w, command[0], command, env=env, path="/")
             self.workers[key] = w
             self.live.add(w)
         return w

@@ -1,8 +1,9 @@
 """
 C{qmailtx pop3session}: qmail-pop3d's mailbox work as the mailbox owner (spec/pop3.md §2).
 
-When the daemon runs as root it starts this program under the owner's uid/gid (one per
-(uid, gid), reused) and keeps the socket and TLS itself.  Requests arrive on stdin, replies
+When the daemon runs as root it starts this program with C{--uid U --gid G} (one per
+(uid, gid), reused); the program becomes that uid and gid itself (L{becomeOwner}) and the
+daemon keeps the socket and TLS.  Requests arrive on stdin, replies
 leave on stdout, both as netstring frames; one reply per request, in order:
 
   - C{L path version} ⇒ C{=} if the listing still has that version, else
@@ -13,7 +14,8 @@ leave on stdout, both as netstring frames; one reply per request, in order:
   - C{C handle} ⇒ C{+}
   - C{U path deleted kept} (names C{\\0}-separated) ⇒ C{+failures}
 
-Refuses to run as uid 0.  Writes only through L{qmailtx.maildirscan}; must not import Twisted.
+Refuses to run as uid 0.  The one place POP3 changes uid.  Writes only through
+L{qmailtx.maildirscan}; must not import Twisted.
 """
 
 import os
@@ -196,7 +198,40 @@ def serve(inFd=0, outFd=1):
             writeAll(outFd, netstring(session.handle(parseNetstrings(frame))))
 
 
+def becomeOwner(uid, gid):
+    """
+    Become C{uid}/C{gid} with C{gid} as the only group.  Needs no passwd entry, as
+    qmail-pop3d (run by checkpassword) needs none: Twisted's spawnProcess(uid=...) calls
+    initgroups with the passwd name of the uid, and failed for an owner without one.
+    """
+    os.setgroups([gid])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def takeOwner(args):
+    """C{(uid, gid)} from C{--uid U --gid G} at the start of C{args}, or C{None}."""
+    if len(args) != 4 or args[0] != "--uid" or args[2] != "--gid":
+        return None
+    if not (args[1].isdigit() and args[3].isdigit()):
+        raise ValueError("--uid and --gid take numbers")
+    return int(args[1]), int(args[3])
+
+
 def main(argv):
+    try:
+        owner = takeOwner(argv[1:])
+    except ValueError as e:
+        sys.stderr.write(f"pop3session: {e}\n")
+        return 111
+    if owner is not None and owner != (os.getuid(), os.getgid()):
+        try:
+            becomeOwner(*owner)
+        except OSError as e:
+            # One line the daemon's log keeps whole (a traceback's cause came last, cut off).
+            sys.stderr.write(f"pop3session: unable to become uid {owner[0]} gid {owner[1]}: "
+                             f"{e.strerror or e}\n")
+            return 111
     if os.getuid() == 0:
         sys.stderr.write("qmail-pop3d invoked as uid 0, terminating\n")
         return 1

@@ -120,6 +120,45 @@ class OwnerTests(Base):
         return threads.deferToThread(client).addCallback(
             self.assertEqual, (b"-ERR unable to open that message\r\n", b"+OK \r\n"))
 
+    def test_ownerWithoutPasswdEntry(self):
+        """
+        A mailbox owner with no /etc/passwd entry is served (qmail-pop3d needs none, and
+        C{qmailtx passwd set} takes any uid): the worker becomes the uid and gid the checker
+        reported, with that gid as its only group, instead of asking the passwd file for
+        the owner's groups.
+        """
+        ghost = 54321
+        import pwd
+        try:
+            pwd.getpwuid(ghost)
+            raise unittest.SkipTest("uid %d has a passwd entry here" % ghost)
+        except KeyError:
+            pass
+        home, md = self.home("joe", ghost)
+        with open(os.path.join(home, ".uid"), "w") as f:
+            f.write(str(ghost))
+        checker = S.makeChecker(self.dir, {"joe": "secret"})
+        boxes = pop3box.OwnerMailboxes(reactor, idle=0.1)
+        self.addCleanup(boxes.stopAll)
+        port = self.listen([checker.encode()], boxes, True)
+        def client():
+            p = poplib.POP3("127.0.0.1", port, timeout=10)
+            p.user("joe")
+            p.pass_("secret")
+            worker = boxes.workers[(ghost, ghost)]
+            with open("/proc/%d/status" % worker.transport.pid) as f:
+                status = f.read()
+            retr = p.retr(1)[1]
+            p.quit()
+            return status, retr
+        def check(result):
+            status, retr = result
+            ids = [line.split()[1:] for line in status.splitlines()
+                   if line.startswith(("Uid:", "Gid:", "Groups:"))]
+            self.assertEqual(ids, [[str(ghost)] * 4, [str(ghost)] * 4, [str(ghost)]])
+            self.assertEqual(retr, [b"Subject: hi", b"", b"hello", b""])
+        return threads.deferToThread(client).addCallback(check)
+
     def test_rootRefused(self):
         """A checker that leaves the session at uid 0 is refused: '-ERR authorization failed'."""
         self.home("joe")
