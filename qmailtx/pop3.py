@@ -35,6 +35,14 @@ LINE_LIMIT = 4096
 PENDING_LIMIT = 65536
 """Pipelined input buffered while a command is in flight before we stop reading."""
 
+# Replies wait unsent up to the transport's own buffer size (Twisted's FileDescriptor
+# bufferSize, 64 KiB) plus one command's reply: beyond it the transport pauses us, its
+# producer, and we act on no further command until it resumes us, as qmail-pop3d's
+# blocking write stalls only the client that does not read.  Commands then pile up
+# unread, and past PENDING_LIMIT we stop reading.  (Reading is not stopped at the pause
+# itself: under POP3S, Twisted's TLS layer pauses its producer while it holds the greeting
+# back for the handshake, and a stopped read would stall that handshake for ever.)
+
 ERR_AUTH_FAILED = b"-ERR authorization failed"
 ERR_NO_MAILDIR = b"-ERR this user has no $HOME/Maildir"
 ERR_SCAN = b"-ERR unable to scan $HOME/Maildir"
@@ -76,8 +84,11 @@ class POP3Server(Popup, Pop3d, protocol.Protocol, TimeoutMixin):
     mailbox = None
     env = None
     _busy = False
-    _readPaused = False
+    _outputFull = False
+    _readStopped = False
+    _registered = False
     _checking = None
+    sender = None
 
     def __init__(self, config, reactor, serial=0):
         self.config = config
@@ -94,6 +105,8 @@ class POP3Server(Popup, Pop3d, protocol.Protocol, TimeoutMixin):
             self.env = getattr(self.transport, "env", None)
         self.timestamp = b"<%d.%d@%s>" % (self.serial, int(self.reactor.seconds()),
                                           self.config.hostname)
+        self.transport.registerProducer(self, True)
+        self._registered = True
         self.setTimeout(self.config.timeout)
         self.reply(b"+OK " + self.timestamp)
 
@@ -113,6 +126,37 @@ class POP3Server(Popup, Pop3d, protocol.Protocol, TimeoutMixin):
             self.mailbox.release()
             self.mailbox = None
 
+    # -- flow control (we are our own transport's producer) -------------------
+
+    def pauseProducing(self):
+        """The client is not reading our replies: act on no more of its commands, and
+        pause the message being sent."""
+        self._outputFull = True
+        if self.sender is not None:
+            self.sender.pauseProducing()
+
+    def resumeProducing(self):
+        self._outputFull = False
+        if self.sender is not None:
+            self.sender.resumeProducing()
+        self._process()
+
+    def stopProducing(self):
+        if self.sender is not None:
+            self.sender.stopProducing()
+
+    def _readIfRoom(self):
+        """Read from the client unless PENDING_LIMIT of its input waits unprocessed."""
+        if self.state == "closed":
+            return
+        full = len(self._buffer) > PENDING_LIMIT
+        if full and not self._readStopped:
+            self._readStopped = True
+            self.transport.pauseProducing()
+        elif not full and self._readStopped:
+            self._readStopped = False
+            self.transport.resumeProducing()
+
     def reply(self, line):
         self.transport.write(line + b"\r\n")
 
@@ -122,6 +166,10 @@ class POP3Server(Popup, Pop3d, protocol.Protocol, TimeoutMixin):
     def close(self):
         self.state = "closed"
         self._buffer = b""
+        if self._registered:
+            # A TLS transport would wait for its producer before closing.
+            self._registered = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def dataReceived(self, data):
@@ -131,12 +179,12 @@ class POP3Server(Popup, Pop3d, protocol.Protocol, TimeoutMixin):
         self._process()
 
     def _process(self):
-        while not self._busy and self.state != "closed":
+        while not (self._busy or self._outputFull) and self.state != "closed":
             end = self._buffer.find(b"\n")
             if end < 0:
                 if len(self._buffer) > LINE_LIMIT:
-                    self.close()
-                return
+                    return self.close()
+                break
             if end > LINE_LIMIT:
                 return self.close()
             line = self._buffer[:end]
@@ -153,9 +201,7 @@ class POP3Server(Popup, Pop3d, protocol.Protocol, TimeoutMixin):
                 self.authorizationLine(line)
             else:
                 self.transactionLine(line)
-        if self._busy and len(self._buffer) > PENDING_LIMIT and not self._readPaused:
-            self._readPaused = True
-            self.transport.pauseProducing()
+        self._readIfRoom()
 
     def _hold(self):
         self._busy = True
@@ -165,9 +211,6 @@ class POP3Server(Popup, Pop3d, protocol.Protocol, TimeoutMixin):
         if self.state == "closed":
             return
         self.resetTimeout()
-        if self._readPaused:
-            self._readPaused = False
-            self.transport.resumeProducing()
         self._process()
 
     def tlsProblem(self):

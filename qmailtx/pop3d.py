@@ -179,7 +179,11 @@ class Pop3d:
 
 
 class _Sender:
-    """Streams one message to the client as a push producer: one chunk in memory at a time."""
+    """
+    Streams one message to the client, one chunk in memory at a time.  The protocol is
+    its transport's producer for the whole connection and passes pauses on to the
+    sender in flight (C{proto.sender}).
+    """
 
     def __init__(self, proto, source, transmitter):
         self.proto = proto
@@ -191,7 +195,8 @@ class _Sender:
         self.pumping = False
 
     def start(self):
-        self.proto.transport.registerProducer(self, True)
+        self.proto.sender = self
+        self.paused = self.proto._outputFull
         self._pump()
 
     def _pump(self):
@@ -231,7 +236,8 @@ class _Sender:
     def _end(self):
         self.finished = True
         self.source.close()
-        self.proto.transport.unregisterProducer()
+        if self.proto.sender is self:
+            self.proto.sender = None
 
     def pauseProducing(self):
         self.paused = True

@@ -251,3 +251,92 @@ def test_hangUpCancelsTheChecker():
     box = RecordingBox([])
     opens[0].callback(box)
     assert box.released
+
+
+class UnreadTransport(StringTransport):
+    """
+    A consumer like a TCP transport whose client reads nothing: it pauses its streaming
+    producer once more than C{bound} bytes wait unsent, and resumes it when drained.
+    """
+
+    bound = 65536
+    full = False
+
+    def write(self, data):
+        StringTransport.write(self, data)
+        if (self.producer is not None and self.streaming and not self.full
+                and len(self.value()) > self.bound):
+            self.full = True
+            self.producer.pauseProducing()
+
+    def drain(self):
+        sent = self.value()
+        self.clear()
+        if self.full:
+            self.full = False
+            self.producer.resumeProducing()
+        return sent
+
+
+def unreadSession(checker=None, boxes=None):
+    proto, _, reactor, calls = make(checker=checker)
+    if boxes is not None:
+        proto.config.mailboxes = boxes
+    transport = UnreadTransport()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def test_unreadRepliesStopReading():
+    """
+    A client that pipelines commands and reads no replies has no further command acted
+    on once the unsent replies pass the transport's bound (we are its producer), and is
+    no longer read from once PENDING_LIMIT of commands wait: memory stays bounded (23 MB
+    of CAPA once grew the daemon by 590 MB).  Drained, every command is answered, in order.
+    """
+    proto, transport = unreadSession()
+    transport.clear()
+    count = 20000
+    proto.dataReceived(b"CAPA\r\n" * count)
+    capa = b"".join(line + b"\r\n" for line in
+                    [b"+OK Capability list follows"] + proto.capabilities(True) + [b"."])
+    assert transport.producerState == "paused"
+    assert len(transport.value()) <= transport.bound + len(capa)
+    sent = []
+    for _ in range(count):
+        sent.append(transport.drain())
+        if not transport.full:
+            break
+    sent.append(transport.value())
+    assert transport.producerState == "producing"
+    assert b"".join(sent) == capa * count
+
+
+def test_unreadListingsStopReading():
+    """After login too: pipelined UIDLs of a large maildir wait for the client to read."""
+    box = RecordingBox([(b"cur/%d.x.host:2," % i, 100) for i in range(300)])
+
+    class Boxes:
+        def open(self, who, name):
+            return defer.succeed(box)
+
+    def checker(*args):
+        return defer.succeed(checkpassword.Authenticated(b"u", b"/home/u", 1000, 1000))
+
+    proto, transport = unreadSession(checker, Boxes())
+    proto.dataReceived(b"USER u\r\nPASS p\r\n")
+    transport.drain()
+    proto.dataReceived(b"UIDL\r\n" * 1000)
+    uidl = b"+OK \r\n" + b"".join(b"%d %d.x.host\r\n" % (i + 1, i) for i in range(300)) + b".\r\n"
+    assert len(transport.value()) <= transport.bound + len(uidl)
+    assert transport.producerState == "producing"
+    proto.dataReceived(b"UIDL\r\n" * (pop3.PENDING_LIMIT // 6))
+    assert transport.producerState == "paused"
+    assert len(transport.value()) <= transport.bound + len(uidl)
+    total = 0
+    while True:
+        total += len(transport.drain())
+        if not transport.full:
+            break
+    total += len(transport.value())
+    assert total == len(uidl) * (1000 + pop3.PENDING_LIMIT // 6)
