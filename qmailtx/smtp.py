@@ -252,6 +252,7 @@ class SMTPServer(SecureSession, Protocol):
         self._state = _CLOSED
         self._abortWriter()
         self.factory.timeouts.forget(self)
+        self.securityLost()
 
     # -- verbs ---------------------------------------------------------------
 

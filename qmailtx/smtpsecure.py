@@ -101,8 +101,11 @@ class SecureSession:
     """
     TLS and AUTH state of one session.  The host provides C{env}, C{controls}, C{factory},
     C{transport}, C{reply}, C{send}, C{_flushReplies}, C{_block}/C{_unblock},
-    C{_resetTransaction}, C{sender}, C{helo}, C{relayclient}, C{_buffer} and C{_isClosed()}.
+    C{_resetTransaction}, C{sender}, C{helo}, C{relayclient}, C{_buffer} and C{_isClosed()},
+    and calls L{securityLost} when its connection is lost.
     """
+
+    _checking = None
 
     tlsActive = False
     authUser = None
@@ -338,12 +341,21 @@ class SecureSession:
         if self._isClosed():
             return
         env = {k.encode(): v.encode("utf-8", "surrogateescape") for k, v in self.env.items()}
-        d = self.factory.checker(self.factory.clock, self.factory.checkpassword, step.user,
-                                 step.password, step.challenge, self.factory.checkTimeout, env)
+        d = self._checking = self.factory.checker(
+            self.factory.clock, self.factory.checkpassword, step.user, step.password,
+            step.challenge, self.factory.checkTimeout, env)
         d.addCallbacks(self._cbAuth, self._ebAuth, callbackArgs=(step.user,),
                        errbackArgs=(step.user,))
 
+    def securityLost(self):
+        """The connection is gone: a checker still running is killed, so that --maxconn
+        bounds checkers as it bounds sessions."""
+        checking, self._checking = self._checking, None
+        if checking is not None:
+            checking.cancel()
+
     def _cbAuth(self, who, user):
+        self._checking = None
         if self._isClosed():
             return
         env = self.env
@@ -361,6 +373,7 @@ class SecureSession:
         self._unblock()
 
     def _ebAuth(self, failure, user):
+        self._checking = None
         if self._isClosed():
             return
         error = failure.value

@@ -39,12 +39,13 @@ class Checker:
         self.users = users
         self.calls = []
         self.pending = None
+        self.cancelled = []
 
     def __call__(self, reactor, program, login, password, challenge, timeout, env):
         self.calls.append((program, login, password, challenge, env))
         outcome = self.users.get(login)
         if outcome == "hold":
-            self.pending = defer.Deferred()
+            self.pending = defer.Deferred(lambda d: self.cancelled.append(login))
             return self.pending
         if isinstance(outcome, Exception):
             return defer.fail(outcome)
@@ -386,6 +387,29 @@ def test_failing_ip_cannot_skip_the_wait_by_hanging_up(root):
     s1.clock.advance(0.1)
     assert t2.value() == b"235 ok, go ahead (#2.0.0)\r\n"
     assert [call[2] for call in s1.checker.calls] == [b"wrong", b"secret"]
+
+
+def test_hang_up_cancels_the_checker(root):
+    """
+    A client that hangs up while checkpassword runs has the check cancelled (the checker
+    killed): otherwise --maxconn bounds sessions but not checkers.  A check that has
+    answered is not cancelled again.
+    """
+    from twisted.python.failure import Failure
+
+    s = SecureSession(root, env=AUTH_ENV, users={b"joe": "hold"})
+    s.send(b"STARTTLS\r\n")
+    s.send(b"AUTH PLAIN " + b64(b"\0joe\0secret") + b"\r\n")
+    s.proto.connectionLost(Failure(Exception("gone")))
+    assert s.checker.cancelled == [b"joe"]
+
+    s = SecureSession(root, env=AUTH_ENV, users={b"joe": "hold"})
+    s.send(b"STARTTLS\r\n")
+    s.send(b"AUTH PLAIN " + b64(b"\0joe\0secret") + b"\r\n")
+    s.checker.pending.callback(None)
+    assert s.transport.value().endswith(b"235 ok, go ahead (#2.0.0)\r\n")
+    s.proto.connectionLost(Failure(Exception("gone")))
+    assert s.checker.cancelled == []
 
 
 @pytest.mark.parametrize("error, reply", [
