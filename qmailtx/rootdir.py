@@ -4,8 +4,9 @@ A complete, working qmail root (C{qmailtx init}, and the embedded default's firs
 Writes C{control/} (with a self-signed C{servercert.pem}, so STARTTLS works out of the box
 and a real certificate replaces it without a restart), C{queue/} (through
 L{qmailtx.queuelayout.createLayout}), C{users/}, C{alias/} with its Maildir and the
-postmaster/root/mailer-daemon aliases, and C{rules/smtp}: relaying for 127.0.0.1 only,
-everything else allowed to deliver locally.  Never touches an existing root.
+postmaster/root/mailer-daemon aliases, C{rules/smtp}: relaying for 127.0.0.1 only,
+everything else allowed to deliver locally, and C{rules/qmqp}: 127.0.0.1 only.  Never
+touches an existing root.
 """
 
 import os
@@ -26,6 +27,13 @@ SMTP_RULES = b"""\
 # Loopback clients may relay; everyone else may only send to rcpthosts.
 127.0.0.1:allow,RELAYCLIENT=""
 :allow
+"""
+
+QMQP_RULES = b"""\
+# tcprules for the QMQP listener.  QMQP checks no rcpthosts: whoever these rules let in
+# may relay anywhere, as with qmail-qmqpd.  List your null clients; refuse everyone else.
+127.0.0.1:allow
+:deny
 """
 
 
@@ -128,6 +136,7 @@ def createRoot(root, me=None):
     _giveAliasAway(alias)
     rules = os.path.join(root, "rules")
     os.mkdir(rules, 0o755)
-    with open(os.path.join(rules, "smtp"), "wb") as f:
-        f.write(SMTP_RULES)
+    for name, text in (("smtp", SMTP_RULES), ("qmqp", QMQP_RULES)):
+        with open(os.path.join(rules, name), "wb") as f:
+            f.write(text)
     return root

@@ -444,8 +444,14 @@ class DefaultRulesSource:
     an edit would.  The chosen file is a L{RulesSource}.
     """
 
-    def __init__(self, candidates, clock=None, interval=1.0):
+    def __init__(self, candidates, clock=None, interval=1.0, unruled=None):
+        """
+        @param unruled: the rules while no candidate has existed: C{None}, everyone
+            allowed (tcpserver without -x); QMQP, which relays for whoever it lets in,
+            passes rules refusing everyone.
+        """
         self.candidates = list(candidates)
+        self.unruled = unruled
         self._every = _CheckEvery(clock, interval)
         self._source = None
         self._choose(strict=True)
@@ -469,11 +475,11 @@ class DefaultRulesSource:
 
     def current(self):
         """
-        The rules in force, or C{None} when no candidate exists; raises L{RulesError} as
-        L{RulesSource.current} does for the file chosen.
+        The rules in force, or L{unruled} when no candidate exists; raises L{RulesError}
+        as L{RulesSource.current} does for the file chosen.
         """
         if self._every.due():
             self._choose()
         if self._source is None:
-            return None
+            return self.unruled
         return self._source.current()

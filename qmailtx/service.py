@@ -25,7 +25,7 @@ from qmailtx.qqprogram import ProgramQueue
 from qmailtx.queue import Queue
 from qmailtx.results import StartRefused
 from qmailtx.rootdir import blockedAncestor, createRoot
-from qmailtx.rules import DefaultRulesSource, RulesError, RulesSource
+from qmailtx.rules import DefaultRulesSource, Rules, RulesError, RulesSource
 from qmailtx.smtpfactory import SMTPFactory
 from qmailtx.tcpserver import RulesFactory
 
@@ -72,10 +72,17 @@ class Site:
     def defaultRules(self, name):
         """
         C{ROOT/rules/NAME.cdb}, else C{ROOT/rules/NAME}, else none (allow everyone),
-        looked for again as the listener runs.
+        looked for again as the listener runs.  QMQP alone refuses everyone without
+        rules: it checks no rcpthosts, so allowing everyone would make an open relay.
         """
-        return DefaultRulesSource([os.path.join(self.root, "rules", candidate)
-                                   for candidate in (name + ".cdb", name)])
+        unruled = Rules.fromText(b":deny\n") if name == "qmqp" else None
+        source = DefaultRulesSource([os.path.join(self.root, "rules", candidate)
+                                     for candidate in (name + ".cdb", name)],
+                                    unruled=unruled)
+        if unruled is not None and source.path is None:
+            log.warning(f"{name}: no rules file: every client is refused until "
+                        f"{os.path.join(self.root, 'rules', name)} lets some in")
+        return source
 
 
 def buildSMTP(site, config, defaultEnv=None):

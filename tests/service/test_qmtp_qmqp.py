@@ -477,3 +477,35 @@ def test_twistdListeners(qmailRoot):
         assert "<denied@b>" not in daemon.log()
     finally:
         daemon.stop()
+
+
+def test_qmqpWithoutRulesRefusesEveryone(qmailRoot, tmp_path):
+    """
+    QMQP checks no rcpthosts: qmail-qmqpd relies on tcpserver's rules alone.  A QMQP
+    listener with no rules file is therefore not 'allow everyone' (an open relay) but
+    'refuse everyone', said once at start; `qmailtx init` writes rules/qmqp for
+    loopback null clients, so the listener works out of the box on 127.0.0.1.
+    """
+    from qmailtx.rootdir import createRoot
+    from tests.service.daemon import Daemon
+
+    made = tmp_path / "made"
+    createRoot(str(made), "made.example")
+    rules = (made / "rules" / "qmqp").read_text()
+    assert "127.0.0.1:allow" in rules and rules.rstrip().endswith(":deny")
+
+    for old in (qmailRoot / "rules").glob("qmqp*"):
+        old.unlink()
+    daemon = Daemon(qmailRoot, listeners=("smtp", "qmqp")).start()
+    try:
+        sock = connect(daemon.ports["qmqp"])
+        try:
+            sock.sendall(qmqpPackage(b"relay?\n", b"attacker@evil.example",
+                                     [b"victim@remote.example.net"]))
+            assert readAll(sock) == b""
+        except ConnectionResetError:
+            pass
+        assert "qmqp: no rules file: every client is refused" in daemon.log()
+        assert "<attacker@evil.example>" not in daemon.log()
+    finally:
+        daemon.stop()

@@ -25,6 +25,13 @@ def test_smtp_sample_relays_loopback_only():
     assert "RELAYCLIENT" not in rules.lookup("203.0.113.9").env
 
 
+def test_smtp_sample_office_must_authenticate():
+    """The office network, which its comment says must authenticate, gets AUTH required
+    and no RELAYCLIENT: a relay without AUTH would make the comment a lie."""
+    rules = Rules.fromText((ETC / "rules" / "smtp").read_bytes())
+    assert rules.lookup("10.1.2.3").env == {"SMTPAUTH": "!"}
+
+
 @pytest.mark.parametrize("name", ["rcpthosts", "locals", "badmailfrom", "virtualdomains"])
 def test_list_samples_have_entries(name):
     """Commented list samples still yield their entries and no comment lines."""
