@@ -53,12 +53,17 @@ def lookupKey(table, host):
 
 
 def keyTable(lines, needColon=True):
-    """C{key:value} lines to a table with lowercased keys; the first line for a key wins."""
+    """
+    C{key:value} lines to a table with lowercased keys.  The last line for a key wins, as in
+    qmail: constmap puts each later line at the head of its hash chain, and qmail-remote
+    (smtproutes), the QMTP patches (qmtproutes) and qmail-tls (tlsdestinations) all read
+    their files through it.
+    """
     table = {}
     for line in lines:
         key, sep, value = line.partition(b":")
         if sep or not needColon:
-            table.setdefault(key.lower(), value)
+            table[key.lower()] = value
     return table
 
 

@@ -15,7 +15,7 @@ from twisted.names.error import DNSNameError, DNSServerError
 from qmailtx import remote
 from qmailtx.remote import RemoteDeliverer, combine
 from qmailtx.remoteroute import (
-    TimeoutTable, findRoute, literalAddress, mxpsQMTP)
+    TimeoutTable, findRoute, keyTable, literalAddress, mxpsQMTP)
 from qmailtx.results import Delivered, PermFailure, TempFailure
 from qmailtx.smtpdialogue import Failed
 
@@ -157,6 +157,20 @@ def test_routes():
     r = findRoute(lines, b"auth.example", 25)
     assert (r.port, r.credentials.user, r.credentials.password) == (587, b"user", b"pa:ss")
     assert findRoute([], b"x", 25) is None
+
+
+def test_duplicateKeysLastLineWins():
+    """
+    A key given twice in smtproutes, qmtproutes or tlsdestinations: the last line counts,
+    as in qmail, whose constmap puts each later line ahead of the earlier ones.
+    """
+    lines = [b"example.org:first.example", b"EXAMPLE.org:second.example:2525",
+             b":default1.example", b":default2.example"]
+    r = findRoute(lines, b"example.org", 25)
+    assert (r.relay, r.port) == (b"second.example", 2525)
+    assert findRoute(lines, b"elsewhere.example", 25).relay == b"default2.example"
+    assert keyTable([b"secure.test:ca1.pem", b"secure.test", b"Secure.Test:ca2.pem"],
+                    needColon=False) == {b"secure.test": b"ca2.pem"}
 
 
 def test_timeoutTable():
