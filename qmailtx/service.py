@@ -8,6 +8,8 @@ C{(site, config)} and returning the protocol factory to put behind the rules lay
 """
 
 import os
+import shlex
+import shutil
 import signal
 import sys
 
@@ -232,6 +234,37 @@ def _refusedHook(previous):
     return hook
 
 
+def _unservable(site, config):
+    """
+    What the listeners asked for cannot do, found before anything starts: the reason a
+    start is refused (C{--pop3s} without a certificate), else C{None}; listeners that start
+    but would fail every client are warned of here, rather than at the first client.
+    """
+    from qmailtx.checkpassword import DEFAULT_PATH
+
+    kinds = {kind for kind, _ in config["listeners"]}
+    if not site.controls.exists("servercert.pem"):
+        if "pop3s" in kinds:
+            return "--pop3s needs control/servercert.pem"
+        if "smtps" in kinds:
+            log.warning("smtps: no control/servercert.pem: every connection is dropped "
+                        "until it exists")
+        if "pop3" in kinds and config.get("pop3-tls-required"):
+            log.warning("pop3: --pop3-tls-required without control/servercert.pem: nobody "
+                        "can log in until it exists")
+    words = shlex.split(config.get("checkpassword") or "")
+    if words and kinds & {"pop3", "pop3s", "smtp", "submission", "smtps"}:
+        path = os.fsdecode(DEFAULT_PATH)
+        if "/" in words[0]:
+            if not os.access(words[0], os.X_OK):
+                log.warning(f"checkpassword: {words[0]} is not an executable file: every "
+                            "SMTP AUTH and POP3 login will fail")
+        elif shutil.which(words[0], path=path) is None:
+            log.warning(f"checkpassword: {words[0]} not found in {path}: every SMTP AUTH "
+                        "and POP3 login will fail")
+    return None
+
+
 class _RefusedStart(service.Service):
     """A start found impossible while the tree was built (rules that cannot be used): said
     as qmail-send's refusals are, from privilegedStartService, before anything listens."""
@@ -389,6 +422,10 @@ def makeQmailService(config, reactor=None):
         except RulesError as e:
             _RefusedStart(f"unable to use the {kind} rules {e.path}: {e}").setServiceParent(top)
             return top
+    refusal = _unservable(site, config)
+    if refusal is not None:
+        _RefusedStart(refusal).setServiceParent(top)
+        return top
     FlusherService(site.queue, reactor).setServiceParent(top)
     addDelivery(site, top)
     pool = None

@@ -182,3 +182,36 @@ def test_unusableRulesRefuseTheStart(qmailRoot, tmp_path, where):
     assert (f"alert: cannot start: unable to use the smtp rules {bad}: "
             "unable to parse this line: 127.0.0.1:Allow") in log
     assert "listening on" not in log and "Traceback" not in log
+
+
+def test_pop3sWithoutCertificateRefusesTheStart(qmailRoot):
+    """--pop3s with no control/servercert.pem cannot serve anyone: exit 111 with one alert,
+    not a Python traceback and exit 1."""
+    from tests.service.daemon import Daemon
+
+    (qmailRoot / "control" / "servercert.pem").unlink()
+    log = refusedStartLog(Daemon(qmailRoot, listeners=("smtp", "pop3s"),
+                                 extra=["--checkpassword", "/bin/false"]))
+    assert log.count("alert: cannot start: ") == 1, log
+    assert "alert: cannot start: --pop3s needs control/servercert.pem" in log
+    assert "Traceback" not in log and "listening on" not in log
+
+
+def test_startWarnsOfWhatCannotWork(qmailRoot, tmp_path):
+    """
+    Listeners that start but could serve nobody say so at start, not only when the first
+    client fails: SMTPS without a certificate, POP3 that requires TLS without one, and a
+    checkpassword program that cannot be found on the PATH it is run with.
+    """
+    from tests.service.daemon import Daemon
+
+    (qmailRoot / "control" / "servercert.pem").unlink()
+    with Daemon(qmailRoot, listeners=("smtp", "smtps", "pop3"),
+                extra=["--pop3-tls-required", "--checkpassword", "no-such-checker x"]) as d:
+        log = d.log()
+    assert ("warning: smtps: no control/servercert.pem: every connection is dropped "
+            "until it exists") in log
+    assert ("warning: pop3: --pop3-tls-required without control/servercert.pem: nobody can "
+            "log in until it exists") in log
+    assert ("warning: checkpassword: no-such-checker not found in "
+            "/usr/local/bin:/usr/bin:/bin: every SMTP AUTH and POP3 login will fail") in log
