@@ -27,8 +27,12 @@ class QMTPClient(Protocol, TimeoutMixin):
     """
     Sends one package and collects C{count} responses.
 
-    @ivar responses: fires with the list of response payloads once all have arrived,
-        or fails when the connection ends first or a response is not a netstring.
+    @ivar responses: fires with the list of response payloads: all of them, or those that
+        arrived before the connection ended or a reply was not a netstring (each stands
+        for its own recipient, spec/qmqp-qmtp.md §3); fails when the package could not be
+        written.
+    @ivar packageSent: the whole package went out, so a missing response may hide a
+        delivery ("Possible duplicate!").
     """
 
     def __init__(self, timeout, clock):
@@ -40,6 +44,7 @@ class QMTPClient(Protocol, TimeoutMixin):
         self._received = []
         self._count = None
         self.connected = False
+        self.packageSent = False
 
     def connectionMade(self):
         self.connected = True
@@ -58,8 +63,11 @@ class QMTPClient(Protocol, TimeoutMixin):
                    + netstring.encode(netstring.encodeList(recipients)))
         streamer = MessageStreamer(messageFile, self.transport, verbatim(), trailer,
                                    progress=self.resetTimeout)
-        streamer.start().addErrback(self._writeFailed)
+        streamer.start().addCallbacks(self._written, self._writeFailed)
         return self.responses
+
+    def _written(self, _):
+        self.packageSent = self.connected
 
     def _writeFailed(self, reason):
         self.transport.abortConnection()
@@ -69,9 +77,9 @@ class QMTPClient(Protocol, TimeoutMixin):
         self.resetTimeout()
         try:
             events = self._decoder.feed(data)
-        except netstring.NetstringError as e:
+        except netstring.NetstringError:
             self.transport.abortConnection()
-            self._fail(e)
+            self._finish()
             return
         for kind, value in events:
             if kind == netstring.DATA:
@@ -91,7 +99,12 @@ class QMTPClient(Protocol, TimeoutMixin):
     def connectionLost(self, reason):
         self.connected = False
         self.setTimeout(None)
-        self._fail(reason)
+        self._finish()
+
+    def _finish(self):
+        """The responses so far are all there will be."""
+        if not self.responses.called:
+            self.responses.callback(self._received)
 
     def _fail(self, reason):
         if not self.responses.called:
@@ -105,40 +118,47 @@ class QMTPClient(Protocol, TimeoutMixin):
 _LETTERS = {b"K": b"r", b"Z": b"s", b"D": b"h"}
 
 
-def reports(ip, responses):
+def reports(ip, responses, count, packageSent=True):
     """
-    qmail-remote's reports for the QMTP responses, shaped like the SMTP ones so that
-    L{qmailtx.remote.combine} treats both alike: C{Z}/C{D} responses become C{s}/C{h}
-    recipient reports with the response's text and a newline; the message report is C{K} with the
-    first C{K} response's text (qmail-qmtpd gives every recipient of a package the same),
-    or C{Giving up} when no recipient was accepted.
+    qmail-remote's reports for the QMTP responses to C{count} recipients, shaped like the
+    SMTP ones so that L{qmailtx.remote.combine} treats both alike: C{Z}/C{D} responses
+    become C{s}/C{h} recipient reports with the response's text and a newline; the message
+    report is C{K} with the first C{K} response's text (qmail-qmtpd gives every recipient of
+    a package the same), or C{Giving up} when no recipient was accepted.
 
-    @raise ValueError: for a response that does not start with K, Z or D.
+    A recipient whose response is missing, or comes after a garbled one, gets the #4.4.2
+    deferral ("Possible duplicate!" when the package was sent): as its own C{s} report when
+    another was accepted, else as the message report.  The answered ones keep their answers,
+    so a K already given is never sent again.
     """
     recipients, accepted = [], None
-    for response in responses:
+    for response in responses[:count]:
         letter = response[:1]
         if letter not in _LETTERS:
-            raise ValueError("garbled QMTP response")
+            break
         recipients.append(_LETTERS[letter] + (response[1:] + b"\n" if letter != b"K" else b""))
         if letter == b"K" and accepted is None:
             accepted = response
+    missing = count - len(recipients)
+    if not missing:
+        return Attempt(recipients, accepted or b"DGiving up on " + ip + b".\n")
+    died = diedReport(ip, packageSent)
     if accepted is None:
-        return Attempt(recipients, b"DGiving up on " + ip + b".\n")
-    return Attempt(recipients, accepted)
+        return Attempt(recipients + [None] * missing, died)
+    return Attempt(recipients + [b"s" + died[1:]] * missing, accepted)
 
 
 @defer.inlineCallbacks
 def deliver(client, sender, recipients, messPath):
     """
     One package on a connected L{QMTPClient}: an L{Attempt}.  A missing or garbled
-    response is the #4.4.2 deferral.
+    response is the #4.4.2 deferral of its recipient (L{reports}).
     """
     ip = client.peerAddress()
     try:
         with open(messPath, "rb") as messageFile:
             responses = yield client.sendPackage(messageFile, sender, recipients)
-        return reports(ip, responses)
+        return reports(ip, responses, len(recipients), client.packageSent)
     except OSError:
         client.quit()
         return Attempt([None] * len(recipients), b"ZUnable to read message. (#4.3.0)\n")
