@@ -20,10 +20,14 @@ from qmailtx.control import parseList
 from qmailtx.rules import RulesError, compileRules
 from qmailtx.sendctl import PID_FILE, SOCKET, runPath
 
-USAGE = ("ctl: usage: qmailtx ctl [--root DIR] "
-         "stat|queue|doqueue|alrm|flush|reload|hup|pause|cont|cdb\n")
+VERBS = ("stat", "queue", "doqueue", "alrm", "flush", "reload", "hup", "pause", "cont", "cdb")
+USAGE = "ctl: usage: qmailtx ctl [--root DIR] " + "|".join(VERBS) + "\n"
 SOCKET_TIMEOUT = 10
 REPLY_LIMIT = 4096
+
+
+class NoAccess(Exception):
+    """The caller may not look at the daemon's run/: whether it runs is unknown."""
 
 
 def daemonPid(root):
@@ -33,10 +37,14 @@ def daemonPid(root):
     number, and C{doqueue} would kill it with SIGALRM.  The daemon must also say that
     pid on its control socket, which only the root's owner can reach.
     """
+    path = runPath(root, PID_FILE)
     try:
-        with open(runPath(root, PID_FILE)) as f:
+        with open(path) as f:
             pid = int(f.read().strip())
         os.kill(pid, 0)
+    except PermissionError:
+        # Not knowing is not 'down': say why (run/ is the daemon owner's alone).
+        raise NoAccess(f"unable to read {path}: access denied")
     except (OSError, ValueError):
         return None
     if ask(root, "pid") != f"pid {pid}":
@@ -112,6 +120,9 @@ def main(argv):
         sys.stderr.write(USAGE)
         return 100
     verb = args[0]
+    if verb not in VERBS:
+        sys.stderr.write(USAGE)
+        return 100
     out = sys.stdout
     if verb == "cdb":
         return rebuildCdbs(root, out)
@@ -119,7 +130,11 @@ def main(argv):
         code = _inspect("qstat", root)
         out.flush()
         return code or _inspect("qread", root)
-    pid = daemonPid(root)
+    try:
+        pid = daemonPid(root)
+    except NoAccess as e:
+        sys.stderr.write(f"ctl: fatal: {e}\n")
+        return 111
     if verb == "stat":
         if pid is None:
             out.write(f"qmailtx: down (no daemon for {root})\n")

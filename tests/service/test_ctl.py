@@ -215,3 +215,49 @@ def test_startWarnsOfWhatCannotWork(qmailRoot, tmp_path):
             "log in until it exists") in log
     assert ("warning: checkpassword: no-such-checker not found in "
             "/usr/local/bin:/usr/bin:/bin: every SMTP AUTH and POP3 login will fail") in log
+
+
+def ctlAs(uid, root, *words):
+    """C{qmailtx ctl} in a child switched to C{uid} (the venv's python may not be
+    executable by it): (exit code, stdout, stderr)."""
+    from qmailtx.scripts import ctl as ctlTool
+
+    out, err = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.dup2(out[1], 1)
+            os.dup2(err[1], 2)
+            sys.stdout = open(1, "w", closefd=False)
+            sys.stderr = open(2, "w", closefd=False)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            code = ctlTool.main(["ctl", "--root", str(root), *words])
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        except BaseException:
+            os._exit(200)
+    os.close(out[1])
+    os.close(err[1])
+    texts = []
+    for fd in (out[0], err[0]):
+        with os.fdopen(fd, "rb") as f:
+            texts.append(f.read().decode())
+    return (os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), *texts)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to switch to an unprivileged uid")
+@pytest.mark.parametrize("verb", ["stat", "doqueue", "pause", "--help"])
+def test_ctlWithoutAccessSaysSo(daemon, qmailRoot, verb):
+    """
+    A user who may not read the daemon's run/ (mode 0700) is told so, not that a running
+    daemon is down; an unknown word is a usage error before anything is looked at.
+    """
+    code, out, err = ctlAs(65534, qmailRoot, verb)
+    if verb == "--help":
+        assert (code, out) == (100, "") and err.startswith("ctl: usage: ")
+        return
+    assert code == 111 and "down" not in out and "no running daemon" not in err
+    assert f"unable to read {qmailRoot}/run/qmailtx.pid: access denied" in err
