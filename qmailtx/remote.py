@@ -93,6 +93,24 @@ def combine(recipientReport, messageReport):
     return PermFailure(text)
 
 
+_REFUSED = b" does not like recipient.\n"
+
+
+def reportAlone(recipientReport, messageReport):
+    """
+    The message report qmail-remote would have given for this recipient run alone, as
+    qmail-send runs it (qmailtx batches a host's recipients): an SMTP refusal of its RCPT
+    ends that run with C{Giving up on IP.} whatever the other recipients got.  Anything
+    else, QMTP refusals included (their text names no IP), keeps the message report.
+    """
+    if recipientReport is None or recipientReport[:1] not in (b"h", b"s"):
+        return messageReport
+    ip, refused, _ = recipientReport[1:].partition(_REFUSED)
+    if not refused or literalAddress(ip) is None:
+        return messageReport
+    return b"DGiving up on " + ip + b".\n"
+
+
 class RemoteDeliverer:
     """
     Delivers to remote hosts as qmail-remote does; one instance serves the daemon.
@@ -129,7 +147,7 @@ class RemoteDeliverer:
         d = self.attempt(host, sender, recipients, messPath)
 
         def combined(attempt):
-            return [combine(r, attempt.message) for r in attempt.recipients]
+            return [combine(r, reportAlone(r, attempt.message)) for r in attempt.recipients]
 
         def trouble(reason):
             log.warning("remote delivery to %s failed unexpectedly: %s"

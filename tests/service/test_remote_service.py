@@ -142,14 +142,19 @@ class RemoteServiceTests(unittest.TestCase):
         self.assertEqual(len(self.recorder.messages), 4)
 
     async def test_recipientReports(self):
-        """A refused recipient fails alone: 5xx permanent, 4xx temporary, the rest delivered."""
+        """
+        A refused recipient fails alone: 5xx permanent, 4xx temporary, the rest delivered;
+        its text is qmail's for that recipient alone, 'Giving up' included (spec/remote.md §5).
+        """
         results = await self.deliver(b"example.org", [b"ok@example.org", b"bad@example.org",
                                                       b"later@example.org"])
         self.assertIsInstance(results[0], Delivered)
         self.assertEqual(results[1], PermFailure(
-            b"127.0.0.2 does not like recipient.\nRemote host said: 550 5.1.1 no such user\n"))
+            b"127.0.0.2 does not like recipient.\nRemote host said: 550 5.1.1 no such user\n"
+            b"Giving up on 127.0.0.2.\n"))
         self.assertEqual(results[2], TempFailure(
-            b"127.0.0.2 does not like recipient.\nRemote host said: 450 4.2.0 try later\n"))
+            b"127.0.0.2 does not like recipient.\nRemote host said: 450 4.2.0 try later\n"
+            b"Giving up on 127.0.0.2.\n"))
         self.assertEqual(self.recorder.messages[0]["to"], ["ok@example.org"])
 
     async def test_smugglingPayloadsArriveIntact(self):

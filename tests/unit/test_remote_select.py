@@ -13,7 +13,7 @@ from twisted.names import dns
 from twisted.names.error import DNSNameError, DNSServerError
 
 from qmailtx import remote
-from qmailtx.remote import RemoteDeliverer, combine
+from qmailtx.remote import RemoteDeliverer, combine, reportAlone
 from qmailtx.remoteroute import (
     TimeoutTable, findRoute, keyTable, literalAddress, mxpsQMTP)
 from qmailtx.results import Delivered, PermFailure, TempFailure
@@ -214,3 +214,21 @@ def test_timeoutTable():
 def test_combine(rcpt, message, expected):
     """qmail-rspawn: h => D, s => Z, r => the message's letter; text as spec/remote.md §5."""
     assert combine(rcpt, message) == expected
+
+
+@pytest.mark.parametrize("rcpt,message,alone", [
+    (b"h1.2.3.4 does not like recipient.\nRemote host said: 550 no\n",
+     b"K1.2.3.4 accepted message.\n", b"DGiving up on 1.2.3.4.\n"),
+    (b"s::1 does not like recipient.\nRemote host said: 450 later\n",
+     b"Z::1 failed on DATA command.\n", b"DGiving up on ::1.\n"),
+    (b"r", b"K1.2.3.4 accepted message.\n", b"K1.2.3.4 accepted message.\n"),
+    (None, b"ZUnable to read message. (#4.3.0)\n", b"ZUnable to read message. (#4.3.0)\n"),
+    (b"hno such user\n", b"Kok 1 qp 2", b"Kok 1 qp 2"),
+])
+def test_reportAlone(rcpt, message, alone):
+    """
+    One recipient of a batched SMTP transaction gets the message report qmail-remote would
+    have given running for it alone: a refused RCPT ends that run with 'Giving up on IP.'
+    whatever the others got; a QMTP refusal (its text names no IP) keeps the message's.
+    """
+    assert reportAlone(rcpt, message) == alone
