@@ -5,11 +5,13 @@ first line of stdin (never from argv, where C{ps} would show it).  Exit 0 ok, 10
 bad input, 111 I/O trouble.
 """
 
+import os
 import sys
 
 from qmailtx.passwd import Entry, PasswdError, PasswdFile, hashPassword
 
-USAGE = "passwd: usage: passwd FILE set LOGIN HOME [UID GID] | passwd FILE del LOGIN | passwd FILE list\n"
+USAGE = ("passwd: usage: passwd FILE set LOGIN HOME [UID GID] (password on stdin; UID GID "
+         "needed when the daemon runs as root) | passwd FILE del LOGIN | passwd FILE list\n")
 
 
 def main(argv, stdin=None, stdout=None, stderr=None):
@@ -35,6 +37,10 @@ def main(argv, stdin=None, stdout=None, stderr=None):
                     return 100
                 uid, gid = int(rest[2]), int(rest[3])
             pw.set(Entry(rest[0], hashPassword(password), uid, gid, rest[1]))
+            if uid is None and os.getuid() == 0:
+                # The checker's refusal would read exactly like a wrong password.
+                stderr.write(f"passwd: warning: {rest[0].decode('utf-8', 'replace')} has no "
+                             "UID GID: a daemon run as root refuses this login\n")
         elif verb == b"del" and len(rest) == 1:
             if not pw.remove(rest[0]):
                 stderr.write("passwd: fatal: no such login\n")

@@ -386,3 +386,27 @@ def maildirmakeAs(uid, cwd, umask, name):
         except BaseException:
             os._exit(200)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="the warning is for root")
+def test_passwdWarnsRootOfAnEntryWithoutIds(tmp_path):
+    """
+    Run as root, 'passwd set' without UID GID warns that a root daemon refuses that login
+    (it never serves mail as uid 0), since the checker's refusal then reads exactly like a
+    wrong password; the usage says where the password comes from.
+    """
+    import io
+
+    from qmailtx.scripts import passwd
+
+    err = io.StringIO()
+    code = passwd.main(["passwd", str(tmp_path / "pw"), "set", "joe", "/home/joe"],
+                       stdin=io.BytesIO(b"s3cret\n"), stderr=err)
+    assert code == 0
+    assert err.getvalue() == ("passwd: warning: joe has no UID GID: a daemon run as root "
+                              "refuses this login\n")
+    err = io.StringIO()
+    assert passwd.main(["passwd", str(tmp_path / "pw"), "set", "joe", "/home/joe", "65534",
+                        "65534"], stdin=io.BytesIO(b"s3cret\n"), stderr=err) == 0
+    assert err.getvalue() == ""
+    assert "password on stdin" in passwd.USAGE
