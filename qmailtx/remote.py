@@ -226,8 +226,10 @@ class RemoteDeliverer:
         route = settings["qmtpRoute"] or settings["smtpRoute"]
         qmtpRoute = settings["qmtpRoute"] is not None
         key = (host.lower(),) if route is None else (route.relay.lower(), route.port, qmtpRoute)
+        credentials = route.credentials if route is not None else None
         if not qmtpRoute:
-            client = self.cache.take(key)
+            client = self.cache.take(
+                key, lambda client: self._suits(client, host, credentials))
             if client is not None:
                 attempt = yield self._transaction(client, key, sender, recipients, message)
                 if not _diedBeforeReply(attempt, client):
@@ -255,11 +257,25 @@ class RemoteDeliverer:
                 return attempt
             client.born = self.reactor.seconds()
             policy = tlsPolicy(self.controls, host, candidate.name)
-            credentials = route.credentials if route is not None else None
             yield smtpdialogue.openSession(client, settings["helohost"], policy, credentials)
+            client.serverName = candidate.name
+            client.verifiedBy = _verification(policy)
+            client.credentials = credentials
             attempt = yield self._transaction(client, key, sender, recipients, message)
             return attempt
         raise smtpdialogue.Failed(NO_CONNECTION)
+
+    def _suits(self, client, host, credentials):
+        """
+        Whether an idle session may carry mail for C{host}: it was authenticated with this
+        route's credentials (or neither used any), and when the TLS policy for C{host} at
+        that server requires TLS, the session passed that very verification.  The cache
+        key names only the server, and the policy depends on the recipient's domain.
+        """
+        if client.credentials != credentials:
+            return False
+        policy = tlsPolicy(self.controls, host, client.serverName)
+        return _verification(policy) in (None, client.verifiedBy)
 
     @defer.inlineCallbacks
     def _transaction(self, client, key, sender, recipients, message):
@@ -370,6 +386,17 @@ class RemoteDeliverer:
 def _ipv6(packed):
     import socket
     return socket.inet_ntop(socket.AF_INET6, packed).encode("ascii")
+
+
+def _verification(policy):
+    """
+    What a session must have passed to satisfy C{policy}: C{None} when TLS is not required,
+    else its verifying options, one object per name, CA file and client certificate as they
+    are now (L{qmailtx.remoteroute} caches them), so identity means the same check.
+    """
+    if policy is None or not policy.required:
+        return None
+    return policy.contextFactory
 
 
 def _diedBeforeReply(attempt, client):

@@ -4,7 +4,8 @@ message to the same place reuses one (the dialogue sends RSET before each furthe
 transaction).
 
 L{ConnectionCache} only holds connections a caller gave back and hands them out again; it
-knows of a client nothing but C{connected}, C{born} and C{quit()}.  Writes nothing on disk.
+knows of a client nothing but C{connected}, C{born} and C{quit()}, and whether the caller's
+C{suits} test accepts it (what the session promised, TLS or AUTH, is the caller's business).  Writes nothing on disk.
 Must not import the SMTP dialogue, DNS, the queue, send or the servers.
 """
 
@@ -23,13 +24,25 @@ class ConnectionCache:
         self._clock = clock
         self._idle = {}
 
-    def take(self, key):
+    def take(self, key, suits=None):
+        """
+        The newest idle connection for C{key} that C{suits(client)} accepts (any, without
+        C{suits}), or C{None}; those it refuses stay for a delivery they do suit.
+        """
         clients = self._idle.get(key)
-        while clients:
-            client, timer, born = clients.pop()
-            timer.cancel()
-            if client.connected and self._clock.seconds() - born < REUSE_SECONDS:
+        if not clients:
+            return None
+        now = self._clock.seconds()
+        for entry in reversed(clients[:]):
+            client, timer, born = entry
+            if client.connected and now - born < REUSE_SECONDS:
+                if suits is not None and not suits(client):
+                    continue
+                clients.remove(entry)
+                timer.cancel()
                 return client
+            clients.remove(entry)
+            timer.cancel()
             client.quit()
         return None
 

@@ -210,6 +210,54 @@ class RemoteServiceTests(unittest.TestCase):
         self.assertIn(b"does not offer STARTTLS", results[0].text)
         self.assertEqual(self.recorder.messages, [])
 
+    async def test_cachedPlainConnectionNotReusedWhereTLSRequired(self):
+        """
+        Two domains share one smtproutes relay; tlsdestinations requires TLS for one.  The
+        idle plaintext connection left by the other domain's delivery is not reused for it:
+        the new connection finds no STARTTLS, so the mail is deferred, not sent in clear.
+        """
+        self.writeControl("smtproutes", b":127.0.0.2:%d\n" % self.port)
+        self.writeControl("tlsdestinations", b"secure.example:\n")
+        results = await self.deliver(b"plain.example", [b"a@plain.example"])
+        self.assertIsInstance(results[0], Delivered)
+        results = await self.deliver(b"secure.example", [b"b@secure.example"])
+        self.assertIsInstance(results[0], TempFailure)
+        self.assertIn(b"does not offer STARTTLS", results[0].text)
+        self.assertEqual([m["to"] for m in self.recorder.messages], [["a@plain.example"]])
+
+    async def test_verifiedConnectionReused(self):
+        """A connection that passed a destination's TLS verification serves its next message."""
+        certs = certificates()
+        server, recorder = startAiosmtpd("127.0.0.6", self.port, tls=(certs["cert"], certs["key"]))
+        self.addCleanup(server.stop)
+        self.writeControl("tlsdestinations", b"tls.example.org:" + certs["ca"].encode() + b"\n")
+        for i in range(2):
+            results = await self.deliver(b"tls.example.org", [b"u%d@tls.example.org" % i])
+            self.assertIsInstance(results[0], Delivered)
+            await deferLater(0.05)
+        self.assertEqual(len({m["peer"] for m in recorder.messages}), 1)
+        self.assertTrue(all(m["tls"] for m in recorder.messages))
+
+    async def test_cachedConnectionKeepsItsCredentials(self):
+        """
+        Routes to one relay with and without AUTH credentials: each message goes over a
+        session authenticated exactly as its own route says, never one left by the other.
+        """
+        certs = certificates()
+        port = freePort("127.0.0.7")
+        server, recorder = startAiosmtpd("127.0.0.7", port, tls=(certs["cert"], certs["key"]),
+                                         auth=(b"user", b"secret"))
+        self.addCleanup(server.stop)
+        self.writeControl("smtproutes", b"auth.example:127.0.0.7:%d|user|secret\n"
+                          b":127.0.0.7:%d\n" % (port, port))
+        for host in (b"plain.example", b"auth.example", b"plain.example", b"auth.example"):
+            results = await self.deliver(host, [b"joe@" + host])
+            self.assertIsInstance(results[0], Delivered, results)
+            await deferLater(0.05)
+        self.assertEqual([(m["to"][0], bool(m["auth"])) for m in recorder.messages],
+                         [("joe@plain.example", False), ("joe@auth.example", True),
+                          ("joe@plain.example", False), ("joe@auth.example", True)])
+
     async def test_authToSmarthostOverTLS(self):
         """A route with user and password authenticates after STARTTLS."""
         certs = certificates()
