@@ -59,11 +59,14 @@ class OwnerTests(Base):
             raise unittest.SkipTest("needs root")
         Base.setUp(self)
 
-    def test_transactionRunsAsOwner(self):
-        """As root, the maildir is listed, read and changed by a worker whose uid/gid are the owner's."""
-        home, md = self.home("joe", NOBODY)
+    def loginAsOwner(self, uid):
+        """
+        Log in to a maildir owned by C{uid} (the checker reports that uid), retrieve its one
+        message and quit; a Deferred of (the worker's /proc status, the message, the maildir).
+        """
+        home, md = self.home("joe", uid)
         with open(os.path.join(home, ".uid"), "w") as f:
-            f.write(str(NOBODY))
+            f.write(str(uid))
         checker = S.makeChecker(self.dir, {"joe": "secret"})
         boxes = pop3box.OwnerMailboxes(reactor, idle=0.1)
         self.addCleanup(boxes.stopAll)
@@ -72,19 +75,26 @@ class OwnerTests(Base):
             p = poplib.POP3("127.0.0.1", port, timeout=10)
             p.user("joe")
             p.pass_("secret")
-            worker = boxes.workers[(NOBODY, NOBODY)]
+            worker = boxes.workers[(uid, uid)]
             with open("/proc/%d/status" % worker.transport.pid) as f:
                 status = f.read()
             retr = p.retr(1)[1]
             p.quit()
-            return status, retr
+            return status, retr, md
+        return threads.deferToThread(client)
+
+    @staticmethod
+    def ids(status, fields=("Uid:", "Gid:")):
+        return [line.split()[1:] for line in status.splitlines() if line.startswith(fields)]
+
+    def test_transactionRunsAsOwner(self):
+        """As root, the maildir is listed, read and changed by a worker whose uid/gid are the owner's."""
         def check(result):
-            status, retr = result
-            uids = [line.split()[1:] for line in status.splitlines() if line.startswith(("Uid:", "Gid:"))]
-            self.assertEqual(uids, [[str(NOBODY)] * 4, [str(NOBODY)] * 4])
+            status, retr, md = result
+            self.assertEqual(self.ids(status), [[str(NOBODY)] * 4, [str(NOBODY)] * 4])
             self.assertEqual(retr, [b"Subject: hi", b"", b"hello", b""])
             self.assertEqual(os.listdir(os.path.join(md, "cur")), ["1.x.host:2,"])
-        return threads.deferToThread(client).addCallback(check)
+        return self.loginAsOwner(NOBODY).addCallback(check)
 
     def test_fifoDoesNotJamTheWorker(self):
         """
@@ -134,30 +144,12 @@ class OwnerTests(Base):
             raise unittest.SkipTest("uid %d has a passwd entry here" % ghost)
         except KeyError:
             pass
-        home, md = self.home("joe", ghost)
-        with open(os.path.join(home, ".uid"), "w") as f:
-            f.write(str(ghost))
-        checker = S.makeChecker(self.dir, {"joe": "secret"})
-        boxes = pop3box.OwnerMailboxes(reactor, idle=0.1)
-        self.addCleanup(boxes.stopAll)
-        port = self.listen([checker.encode()], boxes, True)
-        def client():
-            p = poplib.POP3("127.0.0.1", port, timeout=10)
-            p.user("joe")
-            p.pass_("secret")
-            worker = boxes.workers[(ghost, ghost)]
-            with open("/proc/%d/status" % worker.transport.pid) as f:
-                status = f.read()
-            retr = p.retr(1)[1]
-            p.quit()
-            return status, retr
         def check(result):
-            status, retr = result
-            ids = [line.split()[1:] for line in status.splitlines()
-                   if line.startswith(("Uid:", "Gid:", "Groups:"))]
-            self.assertEqual(ids, [[str(ghost)] * 4, [str(ghost)] * 4, [str(ghost)]])
+            status, retr, _ = result
+            self.assertEqual(self.ids(status, ("Uid:", "Gid:", "Groups:")),
+                             [[str(ghost)] * 4, [str(ghost)] * 4, [str(ghost)]])
             self.assertEqual(retr, [b"Subject: hi", b"", b"hello", b""])
-        return threads.deferToThread(client).addCallback(check)
+        return self.loginAsOwner(ghost).addCallback(check)
 
     def test_rootRefused(self):
         """A checker that leaves the session at uid 0 is refused: '-ERR authorization failed'."""

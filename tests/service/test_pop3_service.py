@@ -189,16 +189,21 @@ class AuthorizationTests(POP3ServiceBase):
         return self.run_(client).addCallback(
             self.assertEqual, (b"-ERR unable to scan $HOME/Maildir\r\n", True))
 
-    def test_apopPassesTimestamp(self):
-        """APOP hands the checker (name, digest, greeting timestamp with brackets)."""
+    def probedApopper(self):
+        """Add login C{apopper} (any password) and make the checker write what it read
+        on fd 3 to the returned path."""
         with open(self.checker + ".db", "a") as f:
             f.write("apopper:*\n")
         os.makedirs(os.path.join(self.dir, "home", "apopper"))
-        probe = self.checker + ".probe"
         with open(self.checker) as f:
             script = f.read()
         with open(self.checker, "w") as f:
             f.write(script.replace('exec 3<&-\n', 'exec 3<&-\nprintf "%s|%s|%s" "$login" "$pass" "$stamp" > "$0.probe"\n'))
+        return self.checker + ".probe"
+
+    def test_apopPassesTimestamp(self):
+        """APOP hands the checker (name, digest, greeting timestamp with brackets)."""
+        probe = self.probedApopper()
         def client():
             r = self.raw()
             g = r.line()
@@ -218,14 +223,7 @@ class AuthorizationTests(POP3ServiceBase):
         reaches the checker with this greeting's timestamp, not the old one, and
         C{USER joe\\0secret} names user joe, whose password is not C{x}.
         """
-        with open(self.checker + ".db", "a") as f:
-            f.write("apopper:*\n")
-        os.makedirs(os.path.join(self.dir, "home", "apopper"))
-        probe = self.checker + ".probe"
-        with open(self.checker) as f:
-            script = f.read()
-        with open(self.checker, "w") as f:
-            f.write(script.replace('exec 3<&-\n', 'exec 3<&-\nprintf "%s|%s|%s" "$login" "$pass" "$stamp" > "$0.probe"\n'))
+        probe = self.probedApopper()
         def client():
             r = self.raw()
             g = r.line()
