@@ -416,7 +416,13 @@ def _endpoint(reactor, address, port, timeout):
 
 
 class _OneShot(Factory):
-    """Builds the one client protocol of one connection attempt."""
+    """
+    Builds the one client protocol of one connection attempt.  Not C{noisy}: a factory per
+    delivery would log 'Starting factory'/'Stopping factory' around every message, among
+    the qmail lines the log is for.
+    """
+
+    noisy = False
 
     def __init__(self, protocolClass, timeout, clock):
         self.protocolClass = protocolClass

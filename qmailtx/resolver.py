@@ -19,5 +19,25 @@ def systemResolver(reactor, resolvconf=None):
     return resolve.ResolverChain([
         hosts.Resolver(file=b"/etc/hosts"),
         cache.CacheResolver(reactor=reactor),
-        client.Resolver(resolv=resolvconf or "/etc/resolv.conf", reactor=reactor),
+        client.Resolver(resolv=resolvconf or "/etc/resolv.conf",
+                        reactor=QuietDatagrams(reactor)),
     ])
+
+
+class QuietDatagrams:
+    """
+    C{reactor} for C{client.Resolver}, except that the datagram protocols it listens with
+    are not C{noisy}.  The resolver opens a UDP port per query (a fresh random source port,
+    against spoofed answers) and each DNS protocol would log 'Starting protocol' and
+    'Stopping protocol' around every lookup; its TCP factories are quiet already.
+    """
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+
+    def __getattr__(self, name):
+        return getattr(self._reactor, name)
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        protocol.noisy = False
+        return self._reactor.listenUDP(port, protocol, interface, maxPacketSize)

@@ -217,3 +217,18 @@ def test_mxpsDeliversByQMTP(relay):
     finally:
         peer.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_remoteDeliveryLogsOnlyQmailLines(relay, receivers):
+    """
+    A remote delivery with MX and address lookups adds no Twisted chatter to the log: no
+    'Starting factory'/'Stopping factory' for its connection, none of the DNS protocol's
+    'Starting protocol'/'Stopping protocol' for each query, not even at shutdown.
+    """
+    relay.start()
+    send(relay, "a@example.net", ["joe@example.org"])
+    waitFor(relay, lambda: "success: 127.0.0.2_accepted_message." in relay.log(), "not delivered")
+    relay.stop()
+    log = relay.log()
+    for noise in ("factory <qmailtx.remote", "protocol <twisted.names.dns"):
+        assert noise not in log, log[-3000:]
