@@ -1,6 +1,6 @@
 """
 What several tools share: finding the qmail root from the command line and environment,
-and the daemon's workers' stance on signals sent to its whole process group.
+djb's getopt, and the daemon's workers' stance on signals sent to its whole process group.
 
 A tool's root is C{--root DIR} (or C{--root=DIR}), else C{$QMAILHOME}, else C{./qmail-root},
 the daemon's embedded default.
@@ -65,3 +65,49 @@ def ignoreGroupSignals():
 
 def _groupSignal(number, frame):
     pass
+
+
+class GetoptError(Exception):
+    """sgetopt's complaint, already worded: C{illegal option -- x}."""
+
+
+def getopt(args, spec, swallow=""):
+    """
+    djb's getopt (subgetopt.c): options end at the first word not starting with C{-}, at
+    C{-} alone (kept) or at any word starting with C{--} (dropped, so C{--x cmd} runs cmd);
+    letters may be bundled and an option's argument may be attached.  A letter in
+    C{swallow} takes the rest of its word as an ignored argument.
+
+    @return: C{(options, rest)} with options as C{(letter, argument or None)}.
+    @raise GetoptError: an unknown letter or a missing argument.
+    """
+    options, i = [], 0
+    while i < len(args):
+        word = args[i]
+        if not word.startswith("-") or word == "-":
+            break
+        i += 1
+        if word.startswith("--"):
+            break
+        pos = 1
+        while pos < len(word):
+            letter = word[pos]
+            pos += 1
+            at = spec.find(letter)
+            if letter == ":" or at < 0:
+                raise GetoptError("illegal option -- " + letter)
+            if letter in swallow:
+                options.append((letter, word[pos:]))
+                break
+            if spec[at + 1:at + 2] != ":":
+                options.append((letter, None))
+                continue
+            if pos < len(word):
+                options.append((letter, word[pos:]))
+            elif i < len(args):
+                options.append((letter, args[i]))
+                i += 1
+            else:
+                raise GetoptError("option requires an argument -- " + letter)
+            break
+    return options, args[i:]

@@ -17,57 +17,13 @@ from qmailtx import inject
 from qmailtx.control import ControlDir, ControlError, parseList
 from qmailtx.localrun import injectForward
 from qmailtx.scripts import common
+from qmailtx.scripts.common import GetoptError, getopt  # noqa: F401 (sendmail's too)
 from qmailtx.scripts.deliverworker import defaultQueueCommand
 
 READ_CHUNK = 65536
 """Bytes per read while the body is copied to the queue program or stdout."""
 MFT_LIMIT = 1024 * 1024
 """Bytes of a C{QMAILMFTFILE} list file that are read."""
-
-
-class GetoptError(Exception):
-    """sgetopt's complaint, already worded: C{illegal option -- x}."""
-
-
-def getopt(args, spec, swallow=""):
-    """
-    djb's getopt: options end at the first word not starting with C{-}, at C{-} alone
-    (kept) or at C{--} (dropped); letters may be bundled and an option's argument may be
-    attached.  A letter in C{swallow} takes the rest of its word as an ignored argument.
-
-    @return: C{(options, rest)} with options as C{(letter, argument or None)}.
-    @raise GetoptError: an unknown letter or a missing argument.
-    """
-    options, i = [], 0
-    while i < len(args):
-        word = args[i]
-        if not word.startswith("-") or word == "-":
-            break
-        i += 1
-        if word == "--":
-            break
-        pos = 1
-        while pos < len(word):
-            letter = word[pos]
-            pos += 1
-            at = spec.find(letter)
-            if letter == ":" or at < 0:
-                raise GetoptError("illegal option -- " + letter)
-            if letter in swallow:
-                options.append((letter, word[pos:]))
-                break
-            if spec[at + 1:at + 2] != ":":
-                options.append((letter, None))
-                continue
-            if pos < len(word):
-                options.append((letter, word[pos:]))
-            elif i < len(args):
-                options.append((letter, args[i]))
-                i += 1
-            else:
-                raise GetoptError("option requires an argument -- " + letter)
-            break
-    return options, args[i:]
 
 
 def takeRoot(args, environ):

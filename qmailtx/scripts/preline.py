@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from qmailtx.dotqmail import errorStr
+from qmailtx.scripts.common import GetoptError, getopt
 from qmailtx.users import isTemporaryErrno
 
 USAGE = b"preline: usage: preline cmd [ arg ... ]\n"
@@ -17,30 +18,6 @@ FATAL = b"preline: fatal: "
 FLAGS = "frdFRD"
 COPY_CHUNK = 65536
 """Bytes per read while copying stdin to the command."""
-
-
-def flags(args):
-    """
-    djb's getopt (subgetopt.c) for preline's flag letters: options end at the first word
-    not starting with C{-}, at C{-} alone (kept), or at any word starting with C{--}
-    (dropped, so C{--x cmd} runs cmd).
-
-    @return: C{(letters, rest)}.
-    @raise ValueError: with the unknown letter as its text.
-    """
-    letters, i = [], 0
-    while i < len(args):
-        word = args[i]
-        if not word.startswith("-") or word == "-":
-            break
-        i += 1
-        if word.startswith("--"):
-            break
-        for letter in word[1:]:
-            if letter not in FLAGS:
-                raise ValueError(letter)
-            letters.append(letter)
-    return letters, args[i:]
 
 
 def _fatal(text, code=111):
@@ -57,12 +34,11 @@ def main(argv):
         return 100
     wanted = {b"f": True, b"r": True, b"d": True}
     try:
-        letters, args = flags(argv[1:])
-    except ValueError as e:
-        sys.stderr.buffer.write(b"preline: illegal option -- " + os.fsencode(str(e))[:1] + b"\n"
-                                + USAGE)
+        options, args = getopt(argv[1:], FLAGS)
+    except GetoptError as e:
+        sys.stderr.buffer.write(b"preline: " + os.fsencode(str(e)) + b"\n" + USAGE)
         return 100
-    for letter in letters:
+    for letter, _ in options:
         wanted[letter.lower().encode()] = letter.isupper()
     if not args:
         sys.stderr.buffer.write(USAGE)
