@@ -6,6 +6,8 @@ that existing qmail log tools can read them; text fields pass through L{logsafe}
 nothing.
 """
 
+import re
+
 from twisted.logger import ILogObserver, Logger, formatEventAsClassicLogText, formatTime
 from zope.interface import implementer
 
@@ -52,6 +54,16 @@ def _qmailLine(event):
     return text
 
 
+_DNS_PORT_CHURN = re.compile(
+    r"(?:\[[^]]*\] )?(?:DNSDatagramProtocol starting on \d+|\(UDP Port \d+ Closed\))\n?")
+"""What Twisted logs, unconditionally, as twisted.names opens and closes the fresh UDP port
+of each DNS query (Twisted #4021): two lines per lookup, none of them a qmail line."""
+
+
+def _churn(text):
+    return _DNS_PORT_CHURN.fullmatch(text) is not None
+
+
 @implementer(ILogObserver)
 class StampedObserver:
     """
@@ -71,7 +83,7 @@ class StampedObserver:
         text = _qmailLine(event)
         if text is None:
             line = formatEventAsClassicLogText(event)
-            if not line:
+            if not line or _churn(line.split(" ", 1)[-1]):
                 return
         else:
             when = event.get("log_time")
@@ -114,7 +126,7 @@ class MultilogObserver:
             from twisted.logger import eventAsText
 
             text = eventAsText(event, includeTimestamp=False, includeSystem=False)
-            if not text:
+            if not text or _churn(text):
                 return
             text = text.replace("\n", " / ")
         self.stream.write(text + "\n")

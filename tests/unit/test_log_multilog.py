@@ -41,3 +41,21 @@ def test_emptyEventsWriteNothing():
     log, out = published()
     log.info()
     assert out.getvalue() == ""
+
+
+def test_dnsPortChurnIsNotLogged():
+    """
+    twisted.names opens a UDP port per query (a fresh source port against spoofed answers)
+    and Twisted logs its opening and closing unconditionally: two lines per DNS lookup,
+    none of them qmail's.  Both observers leave them out; other UDP lines stay.
+    """
+    from qmailtx.log import StampedObserver
+
+    for observer in (MultilogObserver, StampedObserver):
+        out = io.StringIO()
+        log = Logger(namespace="twisted", observer=LogPublisher(observer(out)))
+        for text in ("DNSDatagramProtocol starting on 40123", "(UDP Port 40123 Closed)",
+                     "MyProtocol starting on 53"):
+            log.info(text)
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 1 and lines[0].endswith("MyProtocol starting on 53"), lines
