@@ -239,14 +239,19 @@ class AuthThrottle:
         """
         Seconds to wait before checking credentials from C{ip}: none while it has no
         recent failure; after one, its checks start at least the current delay apart
-        (counted from the last failure, so a client that waited for its C{535} is not held
-        again), however many connections ask.
+        (counted from its last failure or its last check, so a client that waited for its
+        C{535} is not held again), however many connections ask.  Asking reserves nothing:
+        a waiting session asks again when its wait is over, and a client that hangs up
+        while it waits holds up no one.
         """
         count = self.recentFailures(ip)
         if not count or not self.base:
             return 0.0
-        now = self.clock.seconds()
-        _, last, nextCheck = self._failures[ip]
-        start = max(now, nextCheck)
-        self._failures[ip] = (count, last, start + self._delay(count))
-        return start - now
+        return max(0.0, self._failures[ip][2] - self.clock.seconds())
+
+    def started(self, ip):
+        """A check of C{ip}'s credentials starts now (after L{admit} said 0)."""
+        count = self.recentFailures(ip)
+        if count and self.base:
+            _, last, _ = self._failures[ip]
+            self._failures[ip] = (count, last, self.clock.seconds() + self._delay(count))

@@ -106,6 +106,7 @@ class SecureSession:
     """
 
     _checking = None
+    _waiting = None
 
     tlsActive = False
     authUser = None
@@ -331,15 +332,20 @@ class SecureSession:
         if isinstance(step, smtpauth.Done):
             return self.reply(step.line)
         self._block()
-        wait = self.factory.throttle().admit(self.env.get("TCPREMOTEIP", "unknown"))
-        if wait:
-            self.factory.clock.callLater(wait, self._check, step)
-        else:
-            self._check(step)
+        self._admit(step)
 
-    def _check(self, step):
+    def _admit(self, step):
+        """Check C{step}'s credentials once the throttle lets this address have a check."""
+        self._waiting = None
         if self._isClosed():
             return
+        ip = self.env.get("TCPREMOTEIP", "unknown")
+        throttle = self.factory.throttle()
+        wait = throttle.admit(ip)
+        if wait:
+            self._waiting = self.factory.clock.callLater(wait, self._admit, step)
+            return
+        throttle.started(ip)
         env = {k.encode(): v.encode("utf-8", "surrogateescape") for k, v in self.env.items()}
         d = self._checking = self.factory.checker(
             self.factory.clock, self.factory.checkpassword, step.user, step.password,
@@ -349,10 +355,13 @@ class SecureSession:
 
     def securityLost(self):
         """The connection is gone: a checker still running is killed, so that --maxconn
-        bounds checkers as it bounds sessions."""
+        bounds checkers as it bounds sessions, and a check still waiting is dropped."""
         checking, self._checking = self._checking, None
         if checking is not None:
             checking.cancel()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and waiting.active():
+            waiting.cancel()
 
     def _cbAuth(self, who, user):
         self._checking = None

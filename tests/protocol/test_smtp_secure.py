@@ -359,7 +359,8 @@ def test_failing_ip_cannot_skip_the_wait_by_hanging_up(root):
     """
     A client that hangs up instead of waiting for its 535 and tries again at once has its
     next check held for the rest of the delay, even with the right password (the 235 would
-    otherwise come at once and tell it so); one that hangs up while held gets no check.
+    otherwise come at once and tell it so); one that hangs up while held gets no check and
+    holds up no one; two sessions waiting at once are checked one delay apart.
     """
     def session():
         t = TLSTransport()
@@ -376,17 +377,24 @@ def test_failing_ip_cannot_skip_the_wait_by_hanging_up(root):
     s1.clock.advance(0.5)
     s1.transport.loseConnection()
     s1.proto.connectionLost(None)
-    gone, _ = session()
-    gone.dataReceived(b"AUTH PLAIN " + b64(b"\0joe\0guess") + b"\r\n")
+    for _ in range(20):
+        gone, _ = session()
+        gone.dataReceived(b"AUTH PLAIN " + b64(b"\0joe\0guess") + b"\r\n")
+        gone.connectionLost(None)
     s2, t2 = session()
     s2.dataReceived(b"AUTH PLAIN " + b64(b"\0joe\0secret") + b"\r\n")
-    gone.connectionLost(None)
+    s3, t3 = session()
+    s3.dataReceived(b"AUTH PLAIN " + b64(b"\0joe\0secret") + b"\r\n")
     assert len(s1.checker.calls) == 1
-    s1.clock.advance(smtpauth.FAILURE_DELAY * 2 - 0.5 - 0.1)
+    s1.clock.advance(smtpauth.FAILURE_DELAY - 0.5 - 0.1)
     assert t2.value() == b"" and len(s1.checker.calls) == 1
     s1.clock.advance(0.1)
-    assert t2.value() == b"235 ok, go ahead (#2.0.0)\r\n"
-    assert [call[2] for call in s1.checker.calls] == [b"wrong", b"secret"]
+    assert t2.value() == b"235 ok, go ahead (#2.0.0)\r\n" and t3.value() == b""
+    s1.clock.advance(smtpauth.FAILURE_DELAY)
+    assert t3.value() == b"235 ok, go ahead (#2.0.0)\r\n"
+    assert [call[2] for call in s1.checker.calls] == [b"wrong", b"secret", b"secret"]
+    assert not [c for c in s1.clock.getDelayedCalls()
+                if getattr(c.func, "__name__", "") == "_admit"]  # hung up: none left
 
 
 def test_hang_up_cancels_the_checker(root):
