@@ -41,11 +41,16 @@ def daemonPid(root):
     try:
         with open(path) as f:
             pid = int(f.read().strip())
-        os.kill(pid, 0)
     except PermissionError:
         # Not knowing is not 'down': say why (run/ is the daemon owner's alone).
         raise NoAccess(f"unable to read {path}: access denied")
     except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        pass  # a process of another user: the control socket says whether it is ours
+    except OSError:
         return None
     if ask(root, "pid") != f"pid {pid}":
         return None

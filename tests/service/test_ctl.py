@@ -261,3 +261,33 @@ def test_ctlWithoutAccessSaysSo(daemon, qmailRoot, verb):
         return
     assert code == 111 and "down" not in out and "no running daemon" not in err
     assert f"unable to read {qmailRoot}/run/qmailtx.pid: access denied" in err
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to switch to an unprivileged uid")
+def test_stalePidOfAnotherUsersProcess(tmp_path):
+    """
+    A user's own daemon died and its pid now names another user's process: kill(pid, 0)
+    fails with EPERM, which is no access error of the caller's; the control socket, which
+    does not answer, says there is no daemon.
+    """
+    import tempfile
+
+    base = tempfile.mkdtemp()
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        os.chmod(base, 0o755)
+        run = os.path.join(base, "run")
+        os.mkdir(run, 0o700)
+        with open(os.path.join(run, "qmailtx.pid"), "w") as f:
+            f.write(f"{victim.pid}\n")
+        for path in (base, run, os.path.join(run, "qmailtx.pid")):
+            os.chown(path, 65534, 65534)
+        code, out, err = ctlAs(65534, base, "doqueue")
+        assert (code, err) == (111, f"ctl: fatal: no running daemon for {base}\n")
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+        import shutil
+
+        shutil.rmtree(base)
