@@ -397,7 +397,9 @@ class RulesSource:
             e.path = self.path
             if initial:
                 raise e
-            self._identity = identity
+            # A file that could not be read is tried again at the next check (the error
+            # may pass: EMFILE under load, EIO); bad content waits for the next edit.
+            self._identity = None if unreadable else identity
             if self._rules is None or unreadable:
                 # A file that cannot be read drops connections, as tcpserver's would; one
                 # whose content is bad (a typo, a cdb cut short) keeps the rules before it.
@@ -438,7 +440,8 @@ def _present(path):
 class DefaultRulesSource:
     """
     A listener's rules when none were named: C{ROOT/rules/NAME.cdb}, else
-    C{ROOT/rules/NAME}, else (until one of them has existed) none, everyone allowed.  The
+    C{ROOT/rules/NAME}, else (until one of them has existed) C{unruled}: none, everyone
+    allowed, unless the listener says otherwise.  The
     choice is made again at each check (at most once per C{interval} seconds), so that a
     rules file made after start-up, or a cdb compiled from the text file, takes effect as
     an edit would.  The chosen file is a L{RulesSource}.
