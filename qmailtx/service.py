@@ -252,7 +252,10 @@ def _unservable(site, config):
         if "pop3" in kinds and config.get("pop3-tls-required"):
             log.warning("pop3: --pop3-tls-required without control/servercert.pem: nobody "
                         "can log in until it exists")
-    words = shlex.split(config.get("checkpassword") or "")
+    try:
+        words = shlex.split(config.get("checkpassword") or "")
+    except ValueError as e:
+        return f"--checkpassword: {e}"
     if words and kinds & {"pop3", "pop3s", "smtp", "submission", "smtps"}:
         path = os.fsdecode(DEFAULT_PATH)
         if "/" in words[0]:

@@ -17,7 +17,7 @@ from qmailtx import inject
 from qmailtx.control import ControlDir, ControlError, parseList
 from qmailtx.localrun import injectForward
 from qmailtx.scripts import common
-from qmailtx.scripts.common import GetoptError, getopt  # noqa: F401 (sendmail's too)
+from qmailtx.scripts.common import GetoptError, getopt
 from qmailtx.scripts.deliverworker import defaultQueueCommand
 
 READ_CHUNK = 65536

@@ -13,6 +13,7 @@ import os
 import sys
 
 from qmailtx.scripts import inject
+from qmailtx.scripts.common import GetoptError, getopt
 
 USAGE = b"sendmail: usage: sendmail [ -t ] [ -fsender ] [ -Fname ] [ -bp ] [ -bs ] [ arg ... ]\n"
 SPEC = "vimte:f:p:o:B:F:EJxb:"
@@ -69,8 +70,8 @@ def optionsBefore(args):
     """
     for end in range(len(args) - 1, -1, -1):
         try:
-            return inject.getopt(args[:end], SPEC, swallow="EJ")[0]
-        except inject.GetoptError:
+            return getopt(args[:end], SPEC, swallow="EJ")[0]
+        except GetoptError:
             continue
     return []
 
@@ -125,9 +126,9 @@ def run(argv, environ):
     if not os.path.isdir(root):
         return _fatal(b"unable to switch to qmail home directory")
     try:
-        options, rest = inject.getopt(args, SPEC, swallow="EJ")
+        options, rest = getopt(args, SPEC, swallow="EJ")
         error = None
-    except inject.GetoptError as e:
+    except GetoptError as e:
         options, rest, error = optionsBefore(args), [], e
     headerRecipients, sender = False, None
     for letter, value in options:

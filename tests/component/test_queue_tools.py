@@ -217,27 +217,12 @@ def test_qreadTrouble(root):
 
 
 def qreadAs(uid, root):
-    """Fork, drop to C{uid}, run qread's main() with fd 1 on a pipe; its exit code and output."""
+    """qread's main() as C{uid}: its exit code and stdout."""
     from qmailtx.scripts import qread
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            os.dup2(w, 1)
-            sys.stdout = open(1, "w", closefd=False)  # not pytest's capture
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            code = qread.main(["qread", "--root", root])
-            sys.stdout.flush()
-            os._exit(code)
-        except BaseException:
-            os._exit(200)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        out = f.read()
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), out
+    from tests.asuser import mainAs
+
+    code, out, _ = mainAs(uid, qread.main, ["qread", "--root", root])
+    return code, out
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to switch to an unprivileged uid")

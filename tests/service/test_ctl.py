@@ -218,34 +218,12 @@ def test_startWarnsOfWhatCannotWork(qmailRoot, tmp_path):
 
 
 def ctlAs(uid, root, *words):
-    """C{qmailtx ctl} in a child switched to C{uid} (the venv's python may not be
-    executable by it): (exit code, stdout, stderr)."""
+    """C{qmailtx ctl} as C{uid}: (exit code, stdout, stderr) as text."""
     from qmailtx.scripts import ctl as ctlTool
+    from tests.asuser import mainAs
 
-    out, err = os.pipe(), os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.dup2(out[1], 1)
-            os.dup2(err[1], 2)
-            sys.stdout = open(1, "w", closefd=False)
-            sys.stderr = open(2, "w", closefd=False)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            code = ctlTool.main(["ctl", "--root", str(root), *words])
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-        except BaseException:
-            os._exit(200)
-    os.close(out[1])
-    os.close(err[1])
-    texts = []
-    for fd in (out[0], err[0]):
-        with os.fdopen(fd, "rb") as f:
-            texts.append(f.read().decode())
-    return (os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), *texts)
+    code, out, err = mainAs(uid, ctlTool.main, ["ctl", "--root", str(root), *words])
+    return code, out.decode(), err.decode()
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to switch to an unprivileged uid")

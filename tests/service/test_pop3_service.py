@@ -232,15 +232,18 @@ class AuthorizationTests(POP3ServiceBase):
             with open(probe, "rb") as f:
                 seen = f.read()
             r = self.raw()
-            r.line()
+            g2 = r.line()
             user = r.cmd(b"USER joe\0secret")
-            return g, apop, seen, user, r.cmd(b"PASS x"), r.closed()
+            password, closed = r.cmd(b"PASS x"), r.closed()
+            with open(probe, "rb") as f:
+                return g, apop, seen, user, password, closed, f.read(), g2
         def check(result):
-            g, apop, seen, user, password, closed = result
+            g, apop, seen, user, password, closed, checked, g2 = result
             self.assertEqual(apop, b"-ERR this user has no $HOME/Maildir\r\n")
             self.assertEqual(seen, b"apopper|0123abcd|" + g[4:-2])
             self.assertEqual((user, password, closed),
                              (b"+OK \r\n", b"-ERR authorization failed\r\n", True))
+            self.assertEqual(checked, b"joe|x|" + g2[4:-2])  # the login ended at the NUL
         return self.run_(client).addCallback(check)
 
     def test_poplibLogin(self):
