@@ -269,3 +269,12 @@ def test_stalePidOfAnotherUsersProcess(tmp_path):
         import shutil
 
         shutil.rmtree(base)
+
+
+def test_unbalancedCheckpasswordQuoteRefusesTheStart(qmailRoot):
+    """A --checkpassword that cannot be split like a shell would is a start refusal."""
+    from tests.service.daemon import Daemon
+
+    log = refusedStartLog(Daemon(qmailRoot, extra=["--checkpassword", "'/bin/checker"]))
+    assert "alert: cannot start: --checkpassword: No closing quotation" in log
+    assert "Traceback" not in log
