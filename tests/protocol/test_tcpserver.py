@@ -9,7 +9,6 @@ from twisted.internet import defer, protocol
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
-from twisted.logger import globalLogPublisher
 from twisted.names import dns
 from twisted.python.failure import Failure
 
@@ -84,14 +83,6 @@ class Transport(StringTransportWithDisconnection):
         self.paused = False
 
 
-@pytest.fixture
-def logged():
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
-
-
 def lines(events):
     return [(e.get("log_system"), e["qmail"]) for e in events if "qmail" in e]
 
@@ -156,25 +147,25 @@ def test_rulesSetAndOverrideVariables():
     assert p.env["RELAYCLIENT"] == "" and p.env["TCPREMOTEIP"] == "9.9.9.9"
 
 
-def test_denyClosesWithoutAByte(logged):
+def test_denyClosesWithoutAByte(logEvents):
     """A deny rule closes the connection without running the protocol or writing anything."""
     h = Harness(rules=Rules.fromText(b"1.2.3.4:deny\n"))
     t = h.connect("1.2.3.4", 40002)
     assert h.inner.made == [] and t.value() == b"" and not t.connected
     assert h.factory.active == 0
-    assert ("smtp", "tcpserver: deny 1 :127.0.0.1:25 :1.2.3.4::40002") in lines(logged)
+    assert ("smtp", "tcpserver: deny 1 :127.0.0.1:25 :1.2.3.4::40002") in lines(logEvents)
 
 
-def test_okLogLine(logged):
-    """An admitted client is logged as tcpserver -v does, under the service name."""
+def test_okLogLine(logEvents):
+    """An admitted client is logEvents as tcpserver -v does, under the service name."""
     h = Harness(localHostname="mx.example.com")
     h.connect("1.2.3.4", 40003)
     assert ("smtp", "tcpserver: ok 1 mx.example.com:127.0.0.1:25 :1.2.3.4::40003") in lines(
-        logged
+        logEvents
     )
 
 
-def test_missingRulesDropsConnection(tmp_path, logged):
+def test_missingRulesDropsConnection(tmp_path, logEvents):
     """A configured rules file that does not exist drops every client, with tcpserver's warning."""
     path = tmp_path / "tcp.smtp.cdb"
     h = Harness(rules=RulesSource(str(path)))
@@ -183,7 +174,7 @@ def test_missingRulesDropsConnection(tmp_path, logged):
     assert (
         "smtp",
         f"tcpserver: warning: dropping connection, unable to read {path}: file does not exist",
-    ) in lines(logged)
+    ) in lines(logEvents)
     assert h.factory.active == 0
 
 
@@ -200,14 +191,14 @@ def test_rulesReloadWithoutRestart(tmp_path):
     assert h.inner.made[0].env["X"] == "1"
 
 
-def test_limitStopsAcceptingAndResumes(logged):
+def test_limitStopsAcceptingAndResumes(logEvents):
     """At maxConnections the port stops accepting; a close frees the slot and accepting resumes."""
     h = Harness(maxConnections=2)
     a = h.connect()
     assert h.port.reading
     b = h.connect()
     assert not h.port.reading and h.factory.active == 2
-    assert ("smtp", "tcpserver: status: 2/2") in lines(logged)
+    assert ("smtp", "tcpserver: status: 2/2") in lines(logEvents)
     a.loseConnection()
     assert h.inner.made[0].lost
     assert h.port.reading and h.factory.active == 1
@@ -236,7 +227,7 @@ def test_overshootWaitsUnanswered():
     assert len(h.inner.made) == 3
 
 
-def test_perIPLimit(logged):
+def test_perIPLimit(logEvents):
     """Over maxPerIP a client gets the inner factory's busy reply and is closed; others are not affected."""
     h = Harness(maxPerIP=2)
     a = h.connect("1.2.3.4")
@@ -245,7 +236,7 @@ def test_perIPLimit(logged):
     assert c.value() == b"" and c.connected
     h.factory.reactor.advance(PER_IP_RECHECK)
     assert c.value() == BUSY and not c.connected and len(h.inner.made) == 2
-    assert ("smtp", "tcpserver: busy 3 :127.0.0.1:25 :1.2.3.4::40009") in lines(logged)
+    assert ("smtp", "tcpserver: busy 3 :127.0.0.1:25 :1.2.3.4::40009") in lines(logEvents)
     h.connect("5.6.7.8")
     assert len(h.inner.made) == 3
     a.loseConnection()
@@ -426,7 +417,7 @@ def test_underProtocolWrapper():
     assert h.factory.active == 0
 
 
-def test_brokenRulesObjectDropsAndFreesSlot(logged):
+def test_brokenRulesObjectDropsAndFreesSlot(logEvents):
     """An unexpected error while deciding drops that client and frees its slot."""
 
     class Broken:
@@ -436,7 +427,7 @@ def test_brokenRulesObjectDropsAndFreesSlot(logged):
     h = Harness(rules=Broken(), maxConnections=1)
     t = h.connect()
     assert not t.connected and h.factory.active == 0 and h.port.reading
-    assert any(e.get("log_failure") for e in logged)
+    assert any(e.get("log_failure") for e in logEvents)
 
 
 def test_waitingClientLeaving():

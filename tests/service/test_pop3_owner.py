@@ -65,12 +65,7 @@ class OwnerTests(Base):
         message and quit; a Deferred of (the worker's /proc status, the message, the maildir).
         """
         home, md = self.home("joe", uid)
-        with open(os.path.join(home, ".uid"), "w") as f:
-            f.write(str(uid))
-        checker = S.makeChecker(self.dir, {"joe": "secret"})
-        boxes = pop3box.OwnerMailboxes(reactor, idle=0.1)
-        self.addCleanup(boxes.stopAll)
-        port = self.listen([checker.encode()], boxes, True)
+        boxes, port = self.serveOwner(home, uid)
         def client():
             p = poplib.POP3("127.0.0.1", port, timeout=10)
             p.user("joe")
@@ -82,6 +77,16 @@ class OwnerTests(Base):
             p.quit()
             return status, retr, md
         return threads.deferToThread(client)
+
+    def serveOwner(self, home, uid):
+        """A root-run POP3 listener whose checker makes joe (password secret) C{uid} with
+        C{home}: (its owner mailboxes, its port)."""
+        with open(os.path.join(home, ".uid"), "w") as f:
+            f.write(str(uid))
+        checker = S.makeChecker(self.dir, {"joe": "secret"})
+        boxes = pop3box.OwnerMailboxes(reactor, idle=0.1)
+        self.addCleanup(boxes.stopAll)
+        return boxes, self.listen([checker.encode()], boxes, True)
 
     @staticmethod
     def ids(status, fields=("Uid:", "Gid:")):
@@ -108,12 +113,7 @@ class OwnerTests(Base):
         os.mkfifo(fifo)
         os.chown(fifo, NOBODY, NOBODY)
         os.utime(fifo, (1e9, 1e9))
-        with open(os.path.join(home, ".uid"), "w") as f:
-            f.write(str(NOBODY))
-        checker = S.makeChecker(self.dir, {"joe": "secret"})
-        boxes = pop3box.OwnerMailboxes(reactor, idle=0.1)
-        self.addCleanup(boxes.stopAll)
-        port = self.listen([checker.encode()], boxes, True)
+        _, port = self.serveOwner(home, NOBODY)
         def client():
             r = S.Raw(port)
             r.line()

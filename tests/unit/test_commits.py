@@ -1,8 +1,6 @@
 """qmailtx.commits: a stopping daemon waits for the listeners' commits in flight."""
 
-import pytest
 from twisted.internet import defer, task
-from twisted.logger import globalLogPublisher
 
 from qmailtx.commits import Commits
 from qmailtx.results import TempFailure
@@ -33,14 +31,6 @@ class FakeQueue:
         self.begun.append((args, kwargs))
         self.writers.append(FakeWriter())
         return self.writers[-1]
-
-
-@pytest.fixture
-def logged():
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def failureOf(d):
@@ -185,7 +175,7 @@ def test_closeStopsWaitingForSlowMessages(qmailLines):
     assert failureOf(slow.commit(b"a", [b"b"])).text == b"qq shutting down, try again later (#4.3.2)"
 
 
-def test_farewellsAreSaidOnceTheWaitIsOver(logged):
+def test_farewellsAreSaidOnceTheWaitIsOver(logEvents):
     """
     The listeners' goodbyes (SMTP's 421) come after the last commit in flight has answered,
     not before (that client would hear 421 instead of its 250), and before close() fires;
@@ -213,5 +203,5 @@ def test_farewellsAreSaidOnceTheWaitIsOver(logged):
     clock.advance(0)
     assert said == [("smtp", False), ("smtps", False)] and fired == [None]
     assert commits.close().called and len(said) == 2
-    failures = [e["log_failure"] for e in logged if "log_failure" in e]
+    failures = [e["log_failure"] for e in logEvents if "log_failure" in e]
     assert [f.type for f in failures] == [RuntimeError]
