@@ -425,6 +425,10 @@ def makeQmailService(config, reactor=None):
         except RulesError as e:
             _RefusedStart(f"unable to use the {kind} rules {e.path}: {e}").setServiceParent(top)
             return top
+        if rulesPath and not os.path.lexists(rulesPath):
+            # tcpserver -x with a missing file drops every client; said now, not per client.
+            log.warning(f"{kind}: {rulesPath} does not exist: every connection is dropped "
+                        "until it does")
     refusal = _unservable(site, config)
     if refusal is not None:
         _RefusedStart(refusal).setServiceParent(top)

@@ -200,15 +200,20 @@ def test_pop3sWithoutCertificateRefusesTheStart(qmailRoot):
 def test_startWarnsOfWhatCannotWork(qmailRoot, tmp_path):
     """
     Listeners that start but could serve nobody say so at start, not only when the first
-    client fails: SMTPS without a certificate, POP3 that requires TLS without one, and a
-    checkpassword program that cannot be found on the PATH it is run with.
+    client fails: SMTPS without a certificate, POP3 that requires TLS without one, a
+    checkpassword program that cannot be found on the PATH it is run with, and a named
+    rules file that does not exist (tcpserver -x drops every client then).
     """
     from tests.service.daemon import Daemon
 
     (qmailRoot / "control" / "servercert.pem").unlink()
+    missing = tmp_path / "rules.smtps"
     with Daemon(qmailRoot, listeners=("smtp", "smtps", "pop3"),
-                extra=["--pop3-tls-required", "--checkpassword", "no-such-checker x"]) as d:
+                extra=["--pop3-tls-required", "--checkpassword", "no-such-checker x",
+                       "--rules", f"smtps={missing}"]) as d:
         log = d.log()
+    assert (f"warning: smtps: {missing} does not exist: every connection is dropped until "
+            "it does") in log
     assert ("warning: smtps: no control/servercert.pem: every connection is dropped "
             "until it exists") in log
     assert ("warning: pop3: --pop3-tls-required without control/servercert.pem: nobody can "
