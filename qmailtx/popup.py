@@ -149,6 +149,8 @@ class Popup:
         self.reply(OK)
 
     def a_STLS(self, arg):
+        if arg:
+            return self.reply(ERR_SYNTAX)  # RFC 2595 §4: STLS takes no argument
         if self.tlsActive:
             return self.reply(ERR_TLS_ACTIVE)
         if self.config.tlsContext is None:
@@ -161,10 +163,10 @@ class Popup:
         self.startTLS()
 
     def a_AUTH(self, arg):
+        if self._plaintextRefused():
+            return  # even the bare listing: CAPA hides SASL until STLS
         if not arg:
             return self.replyLines(b"+OK", self.mechanisms())
-        if self._plaintextRefused():
-            return
         mech, _, initial = arg.partition(b" ")
         mech = mech.upper()
         initial = initial.strip(b" ") or None

@@ -615,11 +615,12 @@ class TLSRequiredTests(POP3ServiceBase):
     tlsRequired = True
 
     def test_plaintextRefused(self):
-        """With TLS required: USER/PASS/APOP/AUTH answer '-ERR TLS required' and CAPA hides USER/SASL until STLS."""
+        """With TLS required: USER/PASS/APOP/AUTH (bare AUTH too) answer '-ERR TLS required' and CAPA hides USER/SASL until STLS."""
         def client():
             r = self.raw()
             r.line()
-            before = [r.cmd(c) for c in (b"USER joe", b"PASS x", b"APOP a b", b"AUTH PLAIN")]
+            before = [r.cmd(c) for c in (b"USER joe", b"PASS x", b"APOP a b", b"AUTH PLAIN",
+                                         b"AUTH", b"STLS now")]
             r.cmd(b"CAPA")
             caps = r.multi()
             r.cmd(b"STLS")
@@ -631,7 +632,8 @@ class TLSRequiredTests(POP3ServiceBase):
             return before, caps, capsTLS, after
         def check(result):
             before, caps, capsTLS, after = result
-            self.assertEqual(before, [b"-ERR TLS required\r\n"] * 4)
+            # Bare AUTH lists no mechanism CAPA hides; STLS takes no argument (RFC 2595).
+            self.assertEqual(before, [b"-ERR TLS required\r\n"] * 5 + [b"-ERR syntax error\r\n"])
             self.assertEqual(sorted(caps), sorted([b"TOP\r\n", b"UIDL\r\n", b"PIPELINING\r\n",
                                                    b"STLS\r\n", b"IMPLEMENTATION qmailtx\r\n"]))
             self.assertIn(b"USER\r\n", capsTLS)
