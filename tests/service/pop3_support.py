@@ -124,3 +124,19 @@ class Raw:
 
 def removeTree(path):
     shutil.rmtree(path, ignore_errors=True)
+
+
+def retrieveFifo(r, fifo, then):
+    """
+    On a logged-in L{Raw} session: C{RETR 1} (message 1 being the FIFO C{fifo}), then the
+    command C{then}; their replies, or C{None} if the server hung on the FIFO (which is then
+    opened for writing once, to free whatever waits on it).  Closes the session.
+    """
+    r.sock.settimeout(5)
+    try:
+        out = r.cmd(b"RETR 1"), r.cmd(then)
+    except socket.timeout:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        out = None
+    r.close()
+    return out

@@ -4,6 +4,7 @@ and a second SIGTERM or SIGINT meanwhile (an impatient operator, a supervisor's 
 heard without disturbing the drain.
 """
 
+import contextlib
 import signal
 import smtplib
 import threading
@@ -20,6 +21,19 @@ def waitFor(predicate, timeout=15.0):
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def stoppable(qmailRoot, receivers):
+    """A daemon with C{receivers} receiver processes, ready; stopped (if still running) when
+    the block ends, however it ends."""
+    d = Daemon(qmailRoot, extra=["--receivers", str(receivers)]).start()
+    try:
+        if receivers:
+            waitFor(lambda: "receiver 1: ready" in d.log())
+        yield d
+    finally:
+        d.stop()
 
 
 def test_secondSignalDuringTheDrain(qmailRoot, tmp_path):
@@ -77,10 +91,7 @@ def test_messageArrivingAtTheStopIsAnswered(qmailRoot, receivers):
     waits for the message's end and answers it 451 qq shutting down, as the README says,
     instead of dropping the connection (the client would not know whether it was queued).
     """
-    d = Daemon(qmailRoot, extra=["--receivers", str(receivers)]).start()
-    try:
-        if receivers:
-            waitFor(lambda: "receiver 1: ready" in d.log())
+    with stoppable(qmailRoot, receivers) as d:
         c = RawClient(d.port)
         assert c.line().startswith(b"220 ")
         c.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<postmaster@mx.example.com>\r\nDATA\r\n")
@@ -92,8 +103,6 @@ def test_messageArrivingAtTheStopIsAnswered(qmailRoot, receivers):
         c.send(b"second part\r\n.\r\n")
         assert c.line() == b"451 qq shutting down, try again later (#4.3.2)"
         assert d.process.wait(15) == -signal.SIGTERM
-    finally:
-        d.stop()
     assert "Traceback" not in d.log()
 
 
@@ -104,10 +113,7 @@ def test_idleSessionsHear421AtTheStop(qmailRoot, receivers):
     closes (RFC 5321 §3.8: a server forcibly shut down SHOULD try to send one), whether it
     sits after the greeting or inside a transaction, instead of a dropped connection.
     """
-    d = Daemon(qmailRoot, extra=["--receivers", str(receivers)]).start()
-    try:
-        if receivers:
-            waitFor(lambda: "receiver 1: ready" in d.log())
+    with stoppable(qmailRoot, receivers) as d:
         greeted = RawClient(d.port)
         assert greeted.line().startswith(b"220 ")
         inMail = RawClient(d.port)
@@ -119,6 +125,4 @@ def test_idleSessionsHear421AtTheStop(qmailRoot, receivers):
             assert c.line() == b"421 mx.example.com shutting down, try again later (#4.3.2)"
             assert c.closed()
         assert d.process.wait(15) == -signal.SIGTERM
-    finally:
-        d.stop()
     assert "Traceback" not in d.log()

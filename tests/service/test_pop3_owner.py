@@ -106,8 +106,6 @@ class OwnerTests(Base):
         A FIFO in the maildir answers '-ERR unable to open that message' at once and the
         owner's worker goes on serving: its open once waited for a writer until restart.
         """
-        import socket
-
         home, md = self.home("joe", NOBODY)
         fifo = os.path.join(md, "new", "0.fifo.host")
         os.mkfifo(fifo)
@@ -119,14 +117,7 @@ class OwnerTests(Base):
             r.line()
             r.cmd(b"USER joe")
             r.cmd(b"PASS secret")
-            r.sock.settimeout(5)
-            try:
-                out = r.cmd(b"RETR 1"), r.cmd(b"RETR 2")
-            except socket.timeout:
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # free the worker
-                out = None
-            r.close()
-            return out
+            return S.retrieveFifo(r, fifo, b"RETR 2")
         return threads.deferToThread(client).addCallback(
             self.assertEqual, (b"-ERR unable to open that message\r\n", b"+OK \r\n"))
 
