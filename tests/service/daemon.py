@@ -33,9 +33,21 @@ def twistdCommand(python=None):
 
 
 def freePort(host="127.0.0.1"):
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return freePorts(1, host)[0]
+
+
+def freePorts(count, host="127.0.0.1"):
+    """C{count} distinct free ports: every socket stays bound until all are chosen, so the
+    kernel cannot hand out one port twice (it did: smtp and smtps on one port, exit 111)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    held = [socket.socket(family) for _ in range(count)]
+    try:
+        for s in held:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 def waitForPort(port, host="127.0.0.1", timeout=20.0, process=None):
@@ -72,7 +84,7 @@ class Daemon:
     def __init__(self, root, listeners=("smtp",), extra=(), env=None, host="127.0.0.1"):
         self.root = str(root)
         self.host = host
-        self.ports = {name: freePort(host) for name in listeners}
+        self.ports = dict(zip(listeners, freePorts(len(listeners), host)))
         self.extra = list(extra)
         self.env = env
         self.logPath = self.root.rstrip("/") + ".log"
